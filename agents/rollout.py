@@ -31,6 +31,8 @@ class TurnRecord:
     reward_components: dict[str, float]
     invalid_action: str | None = None
     agent: dict[str, Any] = field(default_factory=dict)
+    # Per-question attribute/proxy scores when a scoring reward wrapper is used (NaN = unscored).
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +103,7 @@ def _absorb(record: EpisodeRecord, action: Any, agent_info: dict[str, Any], rewa
             reward_components=components,
             invalid_action=info.get("invalid_action"),
             agent=agent_info,
+            scores={k: float(v) for k, v in (info.get("scores") or {}).items()},
         )
     )
     record.total_reward += float(reward)

@@ -84,7 +84,7 @@ def play(
     max_questions: int = 10,
     seed: int | None = None,
     read: Callable[[str], str] = input,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> dict[str, object]:
     """Play one episode as the doctor in a terminal. Returns the final ``info`` dict.
 
@@ -92,6 +92,7 @@ def play(
     """
     from mediq_env.env import MediQEnv
 
+    out = out or sys.stdout
     env = MediQEnv(cases, max_questions=max_questions)
     obs, info = env.reset(seed=seed, options={"case_id": case_id} if case_id else None)
     case = env.case
