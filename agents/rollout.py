@@ -13,9 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mediq_env import BatchedEnv, DialogueState
-
 from agents.base import Agent
+from mediq_env import BatchedEnv, DialogueState
 
 __all__ = ["EpisodeRecord", "EpisodeSpec", "TurnRecord", "rollout"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -24,10 +25,8 @@ def machine() -> dict[str, Any]:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     for pkg in ("mediq-env", "numpy", "bm25s", "torch", "transformers"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             info[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:

@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from mediq_env import Case, DialogueState, Turn, builtin_cases, load_cases
-from mediq_env.errors import ConfigError
-
 from benchmarks.metrics import bootstrap_ci, paired_bootstrap_diff
 from benchmarks.report import load_run
+from mediq_env import Case, DialogueState, Turn, builtin_cases, load_cases
+from mediq_env.errors import ConfigError
 
 __all__ = ["compare_runs", "error_reduction", "format_comparison", "matching_turn_pairs", "win_rate"]
 
@@ -155,7 +154,7 @@ def _judged_win_rate(
             where.append((k, t))
     results = PairwiseJudge(judge, attribute, samples=samples).compare(items)
     p_b = [1 - r.p_a if not math.isnan(r.p_a) else math.nan for r in results]
-    out = win_rate(p_b)
+    out: dict[str, Any] = dict(win_rate(p_b))
     consistent = [r.position_consistent for r in results if r.position_consistent is not None]
     out["attribute"] = attribute
     out["samples_per_order"] = samples

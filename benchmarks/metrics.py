@@ -24,7 +24,7 @@ __all__ = [
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     *,
     stat: Callable[[np.ndarray], float] = np.mean,
     n_resamples: int = 2000,
@@ -43,7 +43,7 @@ def bootstrap_ci(
 
 
 def paired_bootstrap_diff(
-    a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
     """Mean of ``b - a`` over paired items, with a bootstrap interval that resamples the pairs together."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

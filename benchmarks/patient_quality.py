@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mediq_env import FactLookupPatient, PatientQuery, builtin_cases
-
 from benchmarks.common import DATA_DIR, write_result
+from mediq_env import FactLookupPatient, PatientQuery, builtin_cases
 
 __all__ = ["UNRELATED", "evaluate_patient", "load_probes", "unrelated_reveal_rate"]
 

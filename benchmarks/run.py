@@ -332,7 +332,6 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark into ``out`` and return its summary. ``agent``/``patient`` override the config's."""
     from agents.rollout import EpisodeSpec, rollout
-
     from benchmarks.report import write_reports
 
     cases, digest = load_bench_cases(config)

@@ -144,17 +144,7 @@ class Case(BaseModel):
 # cases, so we can measure agreement with the case and derive a replacement from the case itself.
 
 _STOP = frozenset(
-    """a an the and or but if of to in on at by for with from about as is are was were be been being am
-    i i'm i’ve i've me my mine you your he him his she her they them their it its this that these those
-    have has had having do does did not no yes so very really just also than then there here what which who
-    whom when where why how can could would should will may might must been into out up down over under
-    again further once all any both each few more most other some such only own same too s t don now
-    patient patients reports report reported states stated feel feels felt feeling like get got getting
-    past last days day week weeks month months year years time recently ago since
-    persistent ongoing constant worried worry worse worsening getting better improve improving serious
-    something causing cause concerned concern experiencing experience dealing seems seem lately couple
-    two three few several occasional occasionally daily away counter over-the-counter won't isn't aren't
-    it's i'm i’m it’s that’s that's what's symptom symptoms issue issues""".split()
+    ["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am", "i", "i'm", "i’ve", "i've", "me", "my", "mine", "you", "your", "he", "him", "his", "she", "her", "they", "them", "their", "it", "its", "this", "that", "these", "those", "have", "has", "had", "having", "do", "does", "did", "not", "no", "yes", "so", "very", "really", "just", "also", "than", "then", "there", "here", "what", "which", "who", "whom", "when", "where", "why", "how", "can", "could", "would", "should", "will", "may", "might", "must", "been", "into", "out", "up", "down", "over", "under", "again", "further", "once", "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "only", "own", "same", "too", "s", "t", "don", "now", "patient", "patients", "reports", "report", "reported", "states", "stated", "feel", "feels", "felt", "feeling", "like", "get", "got", "getting", "past", "last", "days", "day", "week", "weeks", "month", "months", "year", "years", "time", "recently", "ago", "since", "persistent", "ongoing", "constant", "worried", "worry", "worse", "worsening", "getting", "better", "improve", "improving", "serious", "something", "causing", "cause", "concerned", "concern", "experiencing", "experience", "dealing", "seems", "seem", "lately", "couple", "two", "three", "few", "several", "occasional", "occasionally", "daily", "away", "counter", "over-the-counter", "won't", "isn't", "aren't", "it's", "i'm", "i’m", "it’s", "that’s", "that's", "what's", "symptom", "symptoms", "issue", "issues"]
 )
 _WORD = re.compile(r"[a-z][a-z'’]+")
 

@@ -94,7 +94,7 @@ def play(
 
     out = out or sys.stdout
     env = MediQEnv(cases, max_questions=max_questions)
-    obs, info = env.reset(seed=seed, options={"case_id": case_id} if case_id else None)
+    _, info = env.reset(seed=seed, options={"case_id": case_id} if case_id else None)
     case = env.case
     print(f"Case {case.id}" + (f" ({case.specialty})" if case.specialty else ""), file=out)
     print(f"\n{case.initial_info}\n\n{case.question}", file=out)
@@ -117,7 +117,7 @@ def play(
                 print(f"  {letter}: {text}", file=out)
             continue
         action: object = {"answer": line.split(maxsplit=1)[1] if " " in line else ""} if line.startswith("/answer") else line
-        obs, reward, terminated, truncated, info = env.step(action)
+        _, _, terminated, truncated, info = env.step(action)
         if info.get("invalid_action"):
             print(f"  ({info['invalid_action']})", file=out)
         elif info["action_type"] == "question":

@@ -81,17 +81,7 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Words that say nothing about which fact is meant: English function words plus the way clinical
 # questions and facts are phrased ("the patient reports", "do you have any ...").
 _STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most my
-    myself no nor not now of off on once only or other our ours out over own same she should so some such
-    than that the their theirs them themselves then there these they this those through to too under until
-    up very was we were what when where which while who whom why will with would you your yours yourself
-    patient patient's patients reports report reported reporting states stated notes noted describes
-    tell told please ever currently recently lately any anything something experienced experiencing
-    experience feel feeling noticed notice also yes really kind sort maybe get got getting s t
-    everything else detail details describe know going today day like things thing symptom symptoms
-    anyone someone something lot much many well good bad okay ok""".split()
+    ["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "patient", "patient's", "patients", "reports", "report", "reported", "reporting", "states", "stated", "notes", "noted", "describes", "tell", "told", "please", "ever", "currently", "recently", "lately", "any", "anything", "something", "experienced", "experiencing", "experience", "feel", "feeling", "noticed", "notice", "also", "yes", "really", "kind", "sort", "maybe", "get", "got", "getting", "s", "t", "everything", "else", "detail", "details", "describe", "know", "going", "today", "day", "like", "things", "thing", "symptom", "symptoms", "anyone", "someone", "something", "lot", "much", "many", "well", "good", "bad", "okay", "ok"]
 )
 
 # Doctor questions and case facts often name the same thing with different words. Each group is a set of
@@ -228,7 +218,7 @@ class FactLookupPatient:
         self.min_similarity = min_similarity
         self.embedding_relative = embedding_relative
         self.embedding_weight = embedding_weight
-        self._embedder = load_embedder() if embedder == "minilm" else embedder
+        self._embedder: Any = load_embedder() if embedder == "minilm" else embedder
         self._cache: OrderedDict[tuple[str, tuple[str, ...]], _CaseIndex] = OrderedDict()
         self._cache_size = cache_size
 

@@ -25,7 +25,7 @@ def test_gymnasium_make_and_fever_question():
     env = gymnasium.make(mediq_env.ENV_ID)
     obs, info = env.reset(seed=0)
     assert "Initial information:" in obs and info["turn"] == 0
-    obs, reward, terminated, truncated, info = env.step("Do you have a fever?")
+    obs, _, terminated, truncated, info = env.step("Do you have a fever?")
     assert isinstance(info["reply"], str) and info["reply"]
     assert "Doctor: Do you have a fever?" in obs and f"Patient: {info['reply']}" in obs
     assert (terminated, truncated) == (False, False)
@@ -141,7 +141,7 @@ def test_batched_env_calls_the_patient_once_per_turn(cases):
             return super().reply_batch(queries)
 
     batch = BatchedEnv(4, cases, patient=CountingPatient())
-    _, infos = batch.reset(case_ids=[c.id for c in cases[:4]])
+    batch.reset(case_ids=[c.id for c in cases[:4]])
     results = batch.step(["How old are you?", "Do you smoke?", f"ANSWER: {cases[2].answer}", "Any allergies?"])
     assert calls == [3]
     assert results[2].terminated and results[2].info["correct"]

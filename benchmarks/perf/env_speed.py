@@ -17,9 +17,8 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mediq_env import FactLookupPatient, MediQEnv, PatientQuery, builtin_cases  # noqa: E402
-
 from benchmarks.common import write_result  # noqa: E402
+from mediq_env import FactLookupPatient, MediQEnv, PatientQuery, builtin_cases  # noqa: E402
 
 QUESTIONS = [
     "How old are you?", "Do you smoke?", "Do you take any medication?", "Any fever?",
