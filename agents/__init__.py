@@ -1,0 +1,77 @@
+"""Doctor agents for mediq-env: model-free baselines and a language-model agent with MediQ's strategies.
+
+    >>> from agents import make_agent
+    >>> agent = make_agent("checklist")
+    >>> agent = make_agent("llm:smollm2", strategy="likert", threshold=4)
+
+Every agent implements :class:`Agent` (``act(states) -> list[AgentStep]``, batched) and records how each
+decision was made in ``AgentStep.info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.base import Agent, AgentStep
+from agents.baselines import CHECKLIST, AnswerNowAgent, ChecklistAgent, RandomQuestionAgent
+from agents.llm_agent import LLMAgent
+from mediq_env.errors import ConfigError
+
+__all__ = [
+    "AGENT_SPECS",
+    "CHECKLIST",
+    "Agent",
+    "AgentStep",
+    "AnswerNowAgent",
+    "ChecklistAgent",
+    "LLMAgent",
+    "RandomQuestionAgent",
+    "make_agent",
+]
+
+AGENT_SPECS = (
+    "'answer-now' or 'answer-now:<letter>'",
+    "'checklist'",
+    "'random' or 'random:<seed>' (seed 0 unless given)",
+    "'llm:<backend spec>' (e.g. 'llm:smollm2', 'llm:hf:<model>')",
+)
+
+
+def make_agent(spec: str, **kw: Any) -> Agent:
+    """Build an agent from a one-line spec (for configs and the CLI).
+
+    ``kw`` goes to the agent's constructor, except for ``llm:`` specs, where ``backend_options`` (a dict) goes
+    to :func:`mediq_env.backends.factory.make_backend`, and ``question_backend`` may be a backend spec string
+    (with ``question_backend_options``) as well as a backend object.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty agent spec; valid forms: {', '.join(AGENT_SPECS)}")
+    kind, sep, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind == "answer-now":
+        if arg:
+            kw["letter"] = arg
+        return AnswerNowAgent(**kw)
+    if kind == "checklist" and not sep:
+        return ChecklistAgent(**kw)
+    if kind == "random":
+        seed: Any = kw.pop("seed", 0)
+        if arg:
+            try:
+                seed = int(arg)
+            except ValueError as err:
+                raise ConfigError(f"invalid agent spec {spec!r}: the seed must be an integer") from err
+        return RandomQuestionAgent(seed, **kw)
+    if kind == "llm":
+        if not arg:
+            raise ConfigError(f"invalid agent spec {spec!r}: 'llm:' needs a backend spec after the colon")
+        # Imported here: the factory pulls in backend modules that the baselines never need.
+        from mediq_env.backends.factory import make_backend
+
+        backend = make_backend(arg, **kw.pop("backend_options", {}))
+        question_backend = kw.pop("question_backend", None)
+        question_options = kw.pop("question_backend_options", {})
+        if isinstance(question_backend, str):
+            question_backend = make_backend(question_backend, **question_options)
+        return LLMAgent(backend, question_backend=question_backend, **kw)
+    raise ConfigError(f"invalid agent spec {spec!r}; valid forms: {', '.join(AGENT_SPECS)}")
