@@ -1,0 +1,58 @@
+"""A language-model doctor interviewing a language-model patient on built-in cases, transcripts printed.
+
+Both roles share one backend (the offline SmolLM2-135M by default); the doctor uses MediQ's implicit
+strategy, the patient selects the facts that answer each question. All episodes run together: each turn
+is one batched generation per role.
+
+    python examples/llm_doctor_and_patient.py                      # SmolLM2, 3 cases, 3 questions
+    python examples/llm_doctor_and_patient.py --backend hf:<model> --cases 5 --max-questions 5
+
+SmolLM2-135M is tiny: expect format slips that the agent's documented fallbacks absorb (shown in the
+transcript as "fallback: ..."). A 1B-8B instruction model follows the formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agents import LLMAgent
+from agents.rollout import EpisodeSpec, rollout
+from mediq_env import BatchedEnv, builtin_cases
+from mediq_env.backends.factory import make_backend
+from mediq_env.llm_patient import LLMPatient
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="smollm2", help="backend spec (smollm2, hf:<id>, openai:<model>, scripted)")
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--max-questions", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    backend = make_backend(args.backend)
+    cases = builtin_cases()[: args.cases]
+    envs = BatchedEnv(len(cases), cases, patient=LLMPatient(backend, mode="select"), max_questions=args.max_questions)
+    agent = LLMAgent(backend)
+    records = sorted(rollout(agent, envs, [EpisodeSpec(c.id, seed=i) for i, c in enumerate(cases)]), key=lambda r: r.case_id)
+    by_id = {c.id: c for c in cases}
+    for rec in records:
+        case = by_id[rec.case_id]
+        print(f"=== {case.id} ({case.specialty}) — {case.initial_info}")
+        print(f"    {case.question}")
+        for turn in rec.turns:
+            if turn.action_type == "question":
+                print(f"  Doctor:  {turn.action['question'] if isinstance(turn.action, dict) else turn.action}")
+                print(f"  Patient: {turn.reply}   [facts {turn.revealed}]")
+            else:
+                print(f"  Doctor answers: {turn.action}")
+            if turn.agent.get("fallback"):
+                print(f"           (fallback: {turn.agent['fallback']})")
+        print(f"  -> answer {rec.answer}, correct {rec.correct_answer}: {'right' if rec.correct else 'wrong'}; "
+              f"{rec.questions_asked} questions, {rec.n_facts_revealed}/{rec.n_facts} facts revealed{'; ERROR ' + rec.error if rec.error else ''}\n")
+    accuracy = sum(r.correct for r in records) / len(records)
+    print(f"accuracy {accuracy:.0%} over {len(records)} episodes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
