@@ -132,6 +132,7 @@ class MediQEnv(gym.Env[str, Any]):
         self._revealed_set: set[int] = set()
         self._turn = 0
         self._used = 0
+        self._questions = 0
         self._done = True
         self._last_obs = ""
 
@@ -173,6 +174,7 @@ class MediQEnv(gym.Env[str, Any]):
         self._revealed_set = set()
         self._turn = 0
         self._used = 0
+        self._questions = 0
         self._done = False
         obs = self._observation()
         info = self._info(reward_components={})
@@ -246,6 +248,7 @@ class MediQEnv(gym.Env[str, Any]):
             self._revealed_set.update(new_facts)
             self._turns.append(Turn(parsed.text, reply.text, reply.revealed))
             self._used += 1
+            self._questions += 1
             event = StepEvent("question", case, self._turn, parsed.text, reply=reply, new_facts=new_facts)
         else:
             message = f"[Invalid action: {parsed.error}. {self._grammar_hint()}]"
@@ -291,7 +294,7 @@ class MediQEnv(gym.Env[str, Any]):
         info: dict[str, Any] = {
             "case_id": case.id,
             "turn": self._turn,
-            "questions_asked": sum(1 for t in self._turns if not t.reply.startswith("[Invalid action")),
+            "questions_asked": self._questions,
             "questions_left": max(self.max_questions - self._used, 0),
             "must_answer": self._used >= self.max_questions and not self._done,
             "options": dict(case.options),
