@@ -140,7 +140,9 @@ def build_patient(config: BenchConfig) -> Patient:
 
 
 def build_scorer(config: BenchConfig) -> Any | None:
-    """The per-question scorer named by ``config.scorer``: none, env (proxies), judge:<backend>, env+judge:<backend>."""
+    """The per-question scorer named by ``config.scorer``: ``none``, or parts joined by ``+``: ``env`` (model-free
+    proxies), ``judge:<backend>`` (rubric judge), ``rm:<dir>`` (reward models: a ``reward_models.json`` index
+    written by ``mediq train reward``, or one multi-head model directory)."""
     if config.scorer == "none":
         return None
     from mediq_env.scoring import CompositeScorer, EnvironmentScorer, JudgeScorer
@@ -154,8 +156,18 @@ def build_scorer(config: BenchConfig) -> Any | None:
 
             options = {"cache_dir": config.cache_dir} if config.cache_dir else {}
             parts.append(JudgeScorer(make_backend(part.removeprefix("judge:"), **options)))
+        elif part.startswith("rm:"):
+            from mediq_env.scoring import RewardModelScorer
+
+            target = Path(part.removeprefix("rm:"))
+            index = target / "reward_models.json" if target.is_dir() else target
+            if index.suffix == ".json" and index.exists():
+                mapping = json.loads(index.read_text(encoding="utf-8"))
+                parts.append(RewardModelScorer({k: (index.parent / v if not Path(v).is_absolute() else Path(v)) for k, v in mapping.items()}))
+            else:
+                parts.append(RewardModelScorer(target))
         else:
-            raise ConfigError(f"unknown scorer {part!r}; use none, env, judge:<backend> or env+judge:<backend>")
+            raise ConfigError(f"unknown scorer {part!r}; use none, env, judge:<backend>, rm:<dir>, joined with '+'")
     return parts[0] if len(parts) == 1 else CompositeScorer(*parts)
 
 
@@ -407,7 +419,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-shuffle", action="store_true", help="keep each file's option order (default: shuffle)")
     p.add_argument("--limit", type=int, help="only the first N cases")
-    p.add_argument("--scorer", default=d.scorer, help="none | env | judge:<backend> | env+judge:<backend>")
+    p.add_argument("--scorer", default=d.scorer, help="none, or parts joined by '+': env | judge:<backend> | rm:<reward model dir>")
     p.add_argument("--modes", default=",".join(d.modes), help=f"comma-separated, from {','.join(MODES)}")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--cache-dir", help="response cache directory for model backends (reruns are free)")
