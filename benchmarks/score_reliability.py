@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import write_result
 from mediq_env.attributes import ALFA_ATTRIBUTES
 from mediq_env.backends.base import Backend
 from mediq_env.dialogue import DialogueState
@@ -54,11 +55,9 @@ from mediq_env.scoring import (
     PairwiseResult,
     RewardModelScorer,
     ScoreItem,
-    ScoreRecord,
     Scorer,
+    ScoreRecord,
 )
-
-from benchmarks.common import write_result
 
 __all__ = ["degrade", "load_questions", "main", "run", "spearman", "to_markdown"]
 
@@ -147,7 +146,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
-    n = int(len(a))
+    n = len(a)
     if n < 3 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan, n
     try:
@@ -163,7 +162,7 @@ def _distribution(values: Sequence[float], rubric: bool) -> dict[str, Any]:
     v = np.asarray(values, dtype=float)
     scored = v[~np.isnan(v)]
     out: dict[str, Any] = {
-        "n": int(len(v)),
+        "n": len(v),
         "unscored_rate": float(np.isnan(v).mean()) if len(v) else math.nan,
         "mean": float(scored.mean()) if len(scored) else math.nan,
         "sd": float(scored.std(ddof=1)) if len(scored) > 1 else math.nan,
@@ -224,6 +223,7 @@ def run(
     samples: int = 1,
     max_post_chars: int = 1500,
     show_unparsed: int = 0,
+    format_examples: bool = False,
 ) -> dict[str, Any]:
     """Score ``rows`` (real questions) and their degraded variants; return the result dict (no data text)."""
     contexts = [context_of(r, max_post_chars) for r in rows]
@@ -232,7 +232,9 @@ def run(
     both = real + worse
     n = len(rows)
 
-    scorers: list[tuple[Scorer, bool]] = [(JudgeScorer(b, attributes, samples=samples), True) for b in judges.values()]
+    scorers: list[tuple[Scorer, bool]] = [
+        (JudgeScorer(b, attributes, samples=samples, format_examples=format_examples), True) for b in judges.values()
+    ]
     if reward_model is not None:
         scorers.append((reward_model, False))
     scorers.append((EnvironmentScorer(["proxy_focus"], embedder=None), False))
@@ -245,6 +247,7 @@ def run(
         t0 = time.perf_counter()
         records: list[ScoreRecord] = scorer.score(both)
         timings[scorer.name] = time.perf_counter() - t0
+        print(f"scored {len(both)} questions with {scorer.name} in {timings[scorer.name]:.0f} s", file=sys.stderr)
         keys = list(records[0].scores) if records else []
         stats: dict[str, Any] = {}
         for key in keys:
@@ -293,10 +296,11 @@ def run(
     for label, backend in judges.items():
         pairwise[label] = {}
         for attr in pairwise_attributes:
-            judge = PairwiseJudge(backend, attr, samples=samples)
+            judge = PairwiseJudge(backend, attr, samples=samples, format_examples=format_examples)
             t0 = time.perf_counter()
             results = judge.compare(pairs)
             timings[f"{judge.name}/{attr}"] = time.perf_counter() - t0
+            print(f"compared {len(pairs)} pairs with {judge.name} on {attr} in {timings[f'{judge.name}/{attr}']:.0f} s", file=sys.stderr)
             pairwise[label][attr] = _pairwise_summary(results)
 
     return {
@@ -308,6 +312,7 @@ def run(
             "pairwise_attributes": list(pairwise_attributes),
             "samples": samples,
             "max_post_chars": max_post_chars,
+            "format_examples": format_examples,
             "reward_model": reward_model.name if reward_model is not None else None,
         },
         "scores": per_scorer,
@@ -330,7 +335,9 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "# Score reliability on real clinician questions (r/AskDocs)",
         "",
         f"{cfg['questions']} real questions, each against a degraded variant (`{cfg['degrade']}`); "
-        f"judges: {', '.join(cfg['judges']) or 'none'}; samples per judgement: {cfg['samples']}.",
+        f"judges: {', '.join(cfg['judges']) or 'none'}; samples per judgement: {cfg['samples']}; "
+        f"format examples in judge prompts: {'yes' if cfg.get('format_examples') else 'no'}; "
+        f"post cut to {cfg['max_post_chars']} characters.",
         "",
         "## Score distributions (real questions) and real-vs-degraded",
         "",
@@ -393,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degrade", choices=("vague", "truncate"), default="vague")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--max-post-chars", type=int, default=1500)
+    parser.add_argument("--attributes", default=",".join(ATTRIBUTES), help="comma-separated attributes for the pointwise judges")
     parser.add_argument("--pairwise", default=",".join(ATTRIBUTES), help="comma-separated attributes for the pairwise judge")
+    parser.add_argument("--format-examples", action="store_true", help="show judges two worked examples (helps tiny models)")
     parser.add_argument("--show-unparsed", type=int, default=0, help="print this many unparseable judge outputs (terminal only)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -412,10 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         judges,
         reward_model=_reward_model(args.reward_model),
         degrade_mode=args.degrade,
+        attributes=[a for a in args.attributes.split(",") if a],
         pairwise_attributes=[a for a in args.pairwise.split(",") if a],
         samples=args.samples,
         max_post_chars=args.max_post_chars,
         show_unparsed=args.show_unparsed,
+        format_examples=args.format_examples,
     )
     result["seconds"]["total"] = time.perf_counter() - t0
     result["config"]["data"] = args.data.name

@@ -67,19 +67,58 @@ JUDGE_PAIRWISE_SYSTEM = (
 )
 
 
-def judge_pointwise_chat(title: str, definition: str, rubric: str, context: str, question: str) -> Chat:
-    """One rating request: attribute ``title``/``definition``/``rubric`` (lines "5: ..." to "1: ...")."""
-    user = (
+_EXAMPLE_CONTEXT = "Patient's initial information: I have had a cough for a week.\n(No questions asked yet.)"
+
+#: Two worked exchanges shown before the real request when ``examples=True``. They teach the reply
+#: *format* to small models that otherwise answer in prose; a strong judge does not need them. Caveat:
+#: tiny models tend to copy an example's answer, which the reliability benchmark makes visible.
+JUDGE_POINTWISE_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("Do you have a fever?", "5"),
+    ("And the thing, when did it?", "2"),
+)
+JUDGE_PAIRWISE_EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("And the thing, when?", "Do you have a fever?", "B"),
+    ("Is your cough dry?", "Is it a dry cough?", "TIE"),
+)
+
+
+def _pointwise_user(title: str, definition: str, rubric: str, context: str, question: str) -> str:
+    return (
         f"Attribute: {title}\n{definition}\n\nScale:\n{rubric}\n\n"
         f"Conversation so far:\n{context}\n\n"
         f"Doctor's next question: {question}\n\n"
         f"Rate the doctor's next question on {title.lower()} (1-5). Score:"
     )
-    return [{"role": "system", "content": JUDGE_POINTWISE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def judge_pairwise_chat(title: str, definition: str, context: str, question_a: str, question_b: str) -> Chat:
-    """One comparison request; the caller shows each pair in both orders to cancel position bias."""
+def judge_pointwise_chat(
+    title: str, definition: str, rubric: str, context: str, question: str, *, examples: bool = False
+) -> Chat:
+    """One rating request: attribute ``title``/``definition``/``rubric`` (lines "5: ..." to "1: ...").
+
+    ``examples`` inserts :data:`JUDGE_POINTWISE_EXAMPLES` (rated on clarity) as earlier turns."""
+    chat: Chat = [{"role": "system", "content": JUDGE_POINTWISE_SYSTEM}]
+    if examples:
+        for q, score in JUDGE_POINTWISE_EXAMPLES:
+            chat.append({"role": "user", "content": f"Attribute: Clarity\n\nConversation so far:\n{_EXAMPLE_CONTEXT}\n\n"
+                         f"Doctor's next question: {q}\n\nRate the doctor's next question on clarity (1-5). Score:"})
+            chat.append({"role": "assistant", "content": score})
+    chat.append({"role": "user", "content": _pointwise_user(title, definition, rubric, context, question)})
+    return chat
+
+
+def judge_pairwise_chat(
+    title: str, definition: str, context: str, question_a: str, question_b: str, *, examples: bool = False
+) -> Chat:
+    """One comparison request; the caller shows each pair in both orders to measure position bias.
+
+    ``examples`` inserts :data:`JUDGE_PAIRWISE_EXAMPLES` (compared on clarity) as earlier turns."""
+    chat: Chat = [{"role": "system", "content": JUDGE_PAIRWISE_SYSTEM}]
+    if examples:
+        for qa, qb, verdict in JUDGE_PAIRWISE_EXAMPLES:
+            chat.append({"role": "user", "content": f"Attribute: Clarity\n\nConversation so far:\n{_EXAMPLE_CONTEXT}\n\n"
+                         f"Question A: {qa}\nQuestion B: {qb}\n\nWhich question is better on clarity? Answer A, B or TIE. Verdict:"})
+            chat.append({"role": "assistant", "content": verdict})
     user = (
         f"Attribute: {title}\n{definition}\n\n"
         f"Conversation so far:\n{context}\n\n"
@@ -87,11 +126,14 @@ def judge_pairwise_chat(title: str, definition: str, context: str, question_a: s
         f"Question B: {question_b}\n\n"
         f"Which question is better on {title.lower()}? Answer A, B or TIE. Verdict:"
     )
-    return [{"role": "system", "content": JUDGE_PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
+    chat.append({"role": "user", "content": user})
+    return chat
 
 
 __all__ += [  # appended so the patient prompts above stay untouched
+    "JUDGE_PAIRWISE_EXAMPLES",
     "JUDGE_PAIRWISE_SYSTEM",
+    "JUDGE_POINTWISE_EXAMPLES",
     "JUDGE_POINTWISE_SYSTEM",
     "judge_pairwise_chat",
     "judge_pointwise_chat",
