@@ -12,6 +12,7 @@ Importing this package does not import torch, transformers or vLLM.
 from __future__ import annotations
 
 from mediq_env.actions import ParsedAction, parse_action, resolve_option
+from mediq_env.attributes import ATTRIBUTES, Attribute, register_attribute
 from mediq_env.case import Case, Demographics, LoadReport, derive_initial_info, load_cases, read_cases
 from mediq_env.cases import builtin_cases
 from mediq_env.dialogue import DialogueState, render_observation
@@ -26,34 +27,58 @@ from mediq_env.errors import (
 )
 from mediq_env.patient import CANNOT_ANSWER, FactLookupPatient, Patient, PatientQuery, PatientReply, Turn
 from mediq_env.rewards import CorrectnessReward, RewardFunction, StepEvent
+from mediq_env.scoring import (
+    CompositeScorer,
+    EnvironmentScorer,
+    JudgeScorer,
+    PairwiseJudge,
+    RewardModelScorer,
+    ScoreItem,
+    Scorer,
+    ScoreRecord,
+)
 from mediq_env.vector import BatchedEnv, StepResult
+from mediq_env.wrappers import AttributeReward, BatchedAttributeReward, RewardConfig
 
 __version__ = "0.1.0"
 
 ENV_ID = "mediq_env/MediQ-v0"
 
 __all__ = [
+    "ATTRIBUTES",
     "CANNOT_ANSWER",
     "ENV_ID",
+    "Attribute",
+    "AttributeReward",
     "BackendError",
+    "BatchedAttributeReward",
     "BatchedEnv",
     "Case",
     "CaseFormatError",
+    "CompositeScorer",
     "ConfigError",
     "CorrectnessReward",
     "Demographics",
     "DialogueState",
     "EnvStateError",
+    "EnvironmentScorer",
     "FactLookupPatient",
+    "JudgeScorer",
     "LoadReport",
     "MediQEnv",
     "MediQError",
     "MissingDependencyError",
+    "PairwiseJudge",
     "ParsedAction",
     "Patient",
     "PatientQuery",
     "PatientReply",
+    "RewardConfig",
     "RewardFunction",
+    "RewardModelScorer",
+    "ScoreItem",
+    "ScoreRecord",
+    "Scorer",
     "StepEvent",
     "StepResult",
     "Turn",
@@ -63,6 +88,7 @@ __all__ = [
     "load_cases",
     "parse_action",
     "read_cases",
+    "register_attribute",
     "register_envs",
     "render_observation",
     "resolve_option",
