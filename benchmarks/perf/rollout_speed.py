@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mediq_env import BatchedEnv, FactLookupPatient, builtin_cases
-
 from benchmarks.common import write_result
+from mediq_env import BatchedEnv, FactLookupPatient, builtin_cases
 
 __all__ = ["measure"]
 

@@ -1,0 +1,231 @@
+"""Proof that multi-turn PPO learns: a tiny setting whose optimal behaviour is known, run on CPU.
+
+The setting:
+
+* **Policy**: a tiny Llama (2 layers, hidden 64) built from config, with a byte-level BPE tokenizer of
+  360 tokens (the 256 bytes, 4 special tokens and the merges of the twelve words below, so each of them is
+  one token), and a small initialiser range so that the untrained policy samples almost uniformly over the
+  vocabulary.
+* **Episodes**: 2 questions then the forced answer, at most 6 new tokens per turn, through
+  :class:`~mediq_env.BatchedEnv` with the deterministic :class:`~mediq_env.FactLookupPatient`.
+* **Reward**: 1 per question whose reply reveals a case fact (the ``proxy_answerable`` score of
+  :class:`~mediq_env.scoring.EnvironmentScorer`, weight 1 in the :class:`~mediq_env.wrappers.RewardConfig`),
+  nothing for the answer. A question reveals a fact when it contains one of the facts' content words (fever,
+  cough, smoke, chest, pain, rash, blood, stool, poor, sleep, weight, loss — or a thesaurus sibling), so the optimum is known: put such
+  a word in both questions, for an episode reward of **2**. A uniformly random 6-token question rarely does.
+
+Every part of the trainer is on the path: batched multi-turn rollouts, per-question rewards on each
+question's last token, a KL penalty to the frozen initial policy, GAE, clipped losses, minibatches.
+
+Run:  ``python -m benchmarks.ppo_learning``  → ``benchmarks/results/ppo_learning.{json,md,png}``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, write_result
+
+__all__ = ["GOOD_WORDS", "build_policy", "learning_cases", "learning_config", "main", "run"]
+
+GOOD_WORDS = ("fever", "cough", "smoke", "chest", "pain", "rash", "blood", "stool", "poor", "sleep", "weight", "loss")
+OPTIMAL_REWARD = 2.0
+
+
+def learning_cases() -> list[Any]:
+    from mediq_env.case import Case
+
+    facts = (
+        "The patient has a fever and a cough.",
+        "The patient does smoke.",
+        "The patient has chest pain and a rash.",
+        "The patient has blood in the stool, poor sleep and weight loss.",
+    )
+    starts = ["A man is ill.", "A woman is ill.", "A man has felt unwell.", "A woman has felt unwell."]
+    return [
+        Case(id=f"learn-{i}", initial_info=s, facts=facts, question="Why?", options={"A": "flu", "B": "cold", "C": "cancer"}, answer="A")
+        for i, s in enumerate(starts)
+    ]
+
+
+def build_policy(out_dir: Path, seed: int = 0, vocab_size: int = 384) -> tuple[Any, Any]:
+    """The tiny policy and its tokenizer (saved under ``out_dir``)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mediq_env.backends.tiny import build_tiny_causal_lm
+
+    path = build_tiny_causal_lm(out_dir, seed=seed, vocab_size=vocab_size, vocab_corpus=GOOD_WORDS)
+    config = AutoConfig.from_pretrained(path)
+    # The builder's large init (0.5) makes a peaked, prompt-dependent distribution; a near-uniform start
+    # is the honest baseline for "learns which words pay".
+    config.initializer_range = 0.02
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def learning_config(output_dir: Path, updates: int, seed: int = 0, episodes: int = 32) -> Any:
+    from training.ppo import PPOConfig
+
+    return PPOConfig(
+        model=str(output_dir / "model"),
+        output_dir=str(output_dir / "run"),
+        seed=seed,
+        prompt_format="env",
+        max_questions=2,
+        shuffle_options=False,
+        max_new_tokens=6,
+        max_seq_len=512,
+        reward_weights={"proxy_answerable": 1.0},
+        correct=0.0,
+        incorrect=0.0,
+        repeat_penalty=0.0,
+        invalid_penalty=0.0,
+        num_updates=updates,
+        episodes_per_update=episodes,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        ppo_epochs=4,
+        learning_rate=3e-3,
+        vf_coef=0.5,
+        kl_coef=0.01,
+        use_cpu=True,
+        save_steps=0,
+        export_policy_on_save=False,
+    )
+
+
+def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | None = None) -> dict[str, Any]:
+    """Train and return the learning curve (one record per update) and a summary."""
+    import torch
+
+    torch.set_num_threads(1)
+    from training.ppo import PPOTrainer
+
+    with tempfile.TemporaryDirectory(prefix="ppo_learning_") as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        model, tokenizer = build_policy(root / "model", seed=seed)
+        config = learning_config(root, updates, seed, episodes)
+        env = config.build_env(config.episodes_per_update, cases=learning_cases())
+        trainer = PPOTrainer(config, model=model, tokenizer=tokenizer, env=env)
+        t0 = time.perf_counter()
+        curve = []
+        for _ in range(updates):
+            m = trainer.step()
+            curve.append(
+                {
+                    "update": m["step"],
+                    "reward": m["reward/mean"],
+                    "answerable": m.get("reward/proxy:answerable", 0.0),
+                    "entropy": m["entropy"],
+                    "kl": m["kl"],
+                    "clipfrac": m["clipfrac"],
+                    "value_loss": m["loss/value"],
+                    "seconds": m["time/update_s"],
+                }
+            )
+        elapsed = time.perf_counter() - t0
+        sample = [[t.text for t in e.turns] for e in trainer.rollout()[:4]]
+    rewards = [c["reward"] for c in curve]
+    k = min(5, max(1, len(rewards) // 2))
+    first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+    return {
+        "setting": {
+            "updates": updates,
+            "episodes_per_update": episodes,
+            "max_questions": 2,
+            "max_new_tokens": 6,
+            "vocab_size": len(tokenizer),
+            "reward": "1 per question whose reply reveals a fact (proxy_answerable); 0 for the answer",
+            "optimal_episode_reward": OPTIMAL_REWARD,
+            "seed": seed,
+        },
+        "curve": curve,
+        "summary": {
+            "first_updates_mean_reward": first,
+            "last_updates_mean_reward": last,
+            "window": k,
+            "gain": last - first,
+            "fraction_of_optimum_reached": last / OPTIMAL_REWARD,
+            "train_seconds": elapsed,
+            "seconds_per_update": elapsed / max(updates, 1),
+        },
+        "sample_questions_after_training": sample,
+    }
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    s, setting = result["summary"], result["setting"]
+    lines = [
+        "# PPO learns on the environment (tiny policy, CPU)",
+        "",
+        f"Setting: {setting['max_questions']} questions per episode, ≤ {setting['max_new_tokens']} new tokens per turn, "
+        f"{setting['episodes_per_update']} episodes per update, vocabulary of {setting['vocab_size']} tokens. "
+        f"Reward: {setting['reward']}; the optimum is {setting['optimal_episode_reward']:g} per episode.",
+        "",
+        f"- mean episode reward, first {s['window']} updates: **{s['first_updates_mean_reward']:.3f}**",
+        f"- mean episode reward, last {s['window']} updates: **{s['last_updates_mean_reward']:.3f}** "
+        f"({s['fraction_of_optimum_reached']:.0%} of the optimum)",
+        f"- {setting['updates']} updates in {s['train_seconds']:.0f} s ({s['seconds_per_update']:.1f} s per update)",
+        "",
+        "| update | mean episode reward | entropy | KL to initial policy | clip fraction |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {c['update']} | {c['reward']:.3f} | {c['entropy']:.2f} | {c['kl']:.3f} | {c['clipfrac']:.2f} |" for c in result["curve"]
+    ]
+    lines += ["", "Questions written after training (first episodes): " + "; ".join(repr(q) for qs in result["sample_questions_after_training"] for q in qs[:1])]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xs = [c["update"] for c in result["curve"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, [c["reward"] for c in result["curve"]], marker="o", ms=3, label="mean episode reward")
+    ax.axhline(OPTIMAL_REWARD, color="gray", ls="--", lw=1, label="optimum")
+    ax.set_xlabel("PPO update")
+    ax.set_ylabel("episode reward")
+    ax.set_title("Multi-turn PPO, tiny policy on CPU")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=24)
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.updates, args.seed, args.episodes)
+    out = args.out_dir or RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    if _plot(result, out / "ppo_learning.png"):
+        result["plot"] = "ppo_learning.png"
+    md = _markdown(result)
+    path = write_result("ppo_learning", result, md, out)
+    print(md)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
