@@ -21,7 +21,7 @@ def good_record(**overrides: object) -> dict:
         "id": "c1",
         "initial_info": "A 40-year-old man who smokes has lost weight.",
         "atomic_facts": ["The patient is 40 years old.", "The patient smokes 20 cigarettes a day.", "The patient has lost 6 kg."],
-        "question": "Which of the following is the most likely diagnosis?",
+        "question": "What is the most likely diagnosis?",
         "options": {"A": "Asthma", "B": "Lung cancer", "C": "Pneumonia", "D": "Reflux"},
         "answer_idx": "B",
         "answer": "Lung cancer",

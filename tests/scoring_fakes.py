@@ -78,7 +78,7 @@ def small_case(**overrides: object) -> Case:
             "The patient has lost 6 kg in three months.",
             "The patient coughs up blood in the morning.",
         ),
-        "question": "Which of the following is the most likely diagnosis?",
+        "question": "What is the most likely diagnosis?",
         "options": {"A": "Asthma", "B": "Lung cancer with blood in the sputum", "C": "Pneumonia", "D": "Reflux"},
         "answer": "B",
         "key_facts": (1, 3),

@@ -46,7 +46,7 @@ def make_state(
     return DialogueState(
         case_id=case_id,
         initial_info=initial_info,
-        question="Which of the following is the most likely diagnosis?",
+        question="What is the most likely diagnosis?",
         options=OPTIONS if options is None else options,
         turns=turns,
         questions_left=questions_left,
