@@ -6,7 +6,6 @@ episodes with the patient's tokens masked out, and the same return PPO would sum
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mediq_env.backends.tiny import build_tiny_causal_lm
-
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_grpo"), seed=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(out: Path, **kw: Any) -> GRPOEnvConfig:
