@@ -17,12 +17,20 @@ states given (never one call per state):
    when given (ALFA swaps only the question generator), else from the same backend. Under ``implicit``
    without a ``question_backend`` the question written in the decision is used when it parses.
 
-Fallbacks (documented, recorded in ``info["fallback"]``, never random):
+Fallbacks (documented, never random). Every turn records ``info["fallback"]``: None when the model's own
+output made the action, else the kind (:data:`agents.base.FALLBACK_KINDS`); ``info["fallback_kinds"]``
+lists every kind of the turn and ``info["fallback_detail"]`` the reasons in words:
 
-* unparseable decision (no ASK/ANSWER, no confidence in any sample) → ask (a forced state always answers);
-* unparseable question → the first checklist question (:data:`agents.baselines.CHECKLIST`) not yet asked;
-* unparseable answer → the intermediate answer, else the fixed ``fallback_letter`` (default ``"A"``; the
-  case's first option if it has no such letter).
+* ``decision_unparsed`` — the decision did not parse (no ASK/ANSWER line, or no confidence in any sample),
+  or the unparsed self-consistency votes (counted as ask) swung it → ask (a forced state always answers);
+* ``question_missing`` — no usable question → the first checklist question
+  (:data:`agents.baselines.CHECKLIST`) not yet asked;
+* ``answer_missing`` — no letter parsed in the decision nor in the intermediate answer → the fixed
+  ``fallback_letter`` (default ``"A"``; the case's first option if it has no such letter).
+
+Partial slips that leave the model's own output in charge (one unparsed sample out of three that did not
+change the vote; an implicit ``ANSWER:`` without a letter, answered with the model's intermediate answer)
+are noted in ``fallback_detail`` only.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import AgentStep
+from agents.base import AgentStep, FallbackKind
 from agents.baselines import CHECKLIST, checklist_for, next_unasked
 from agents.parsing import AnswerParse, parse_answer_letter, parse_confidence, parse_decision, parse_question
 from agents.prompts import Strategy, answer_chat, decision_chat, question_chat
@@ -72,6 +80,8 @@ class _Decision:
     confidence_raw: float | None = None
     votes: dict[str, int] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
+    # Set when the fallback, not the model, settled ask-or-answer.
+    unparsed: bool = False
 
 
 def _majority(items: Sequence[str]) -> str | None:
@@ -189,6 +199,7 @@ class LLMAgent:
         return [g.text for g in out]
 
     def _letter_or_fallback(self, state: DialogueState, letter: str | None) -> tuple[str, str | None]:
+        """``letter``, or the fixed letter and the reason (an ``answer_missing`` fallback)."""
         if letter is not None:
             return letter, None
         fixed = self.fallback_letter if self.fallback_letter in state.options else next(iter(state.options))
@@ -232,6 +243,7 @@ class LLMAgent:
         for i, state in enumerate(states):
             raw: dict[str, Any] = {"answer": answer_texts[i]}
             fallbacks: list[str] = []
+            kinds: list[FallbackKind] = []
             if answers[i].fallback:
                 fallbacks.append(f"intermediate answer: {answers[i].fallback}")
             info: dict[str, Any] = {
@@ -244,12 +256,16 @@ class LLMAgent:
             decision = decisions.get(i)
             if decision is None:  # forced to answer
                 letter, why = self._letter_or_fallback(state, answers[i].letter)
-                fallbacks += [why] if why else []
+                if why:
+                    fallbacks.append(why)
+                    kinds.append("answer_missing")
                 info.update(decision="answer", forced=True)
                 action: dict[str, Any] = {"answer": letter}
             else:
                 raw["decision"] = decision_texts[i]
                 fallbacks += decision.fallbacks
+                if decision.unparsed:
+                    kinds.append("decision_unparsed")
                 info.update(
                     forced=False,
                     confidence=decision.confidence,
@@ -260,7 +276,9 @@ class LLMAgent:
                     question, source, why = self._question(state, decision, question_texts.get(i))
                     if i in question_texts:
                         raw["question"] = question_texts[i]
-                    fallbacks += [why] if why else []
+                    if why:
+                        fallbacks.append(why)
+                        kinds.append("question_missing")
                     info.update(decision="ask", question_source=source)
                     action = {"question": question}
                 else:
@@ -268,12 +286,16 @@ class LLMAgent:
                     if decision.letter is None and self.strategy == "implicit" and answers[i].letter is not None:
                         fallbacks.append("the decision named no option; answered the intermediate answer")
                     letter, why = self._letter_or_fallback(state, chosen)
-                    fallbacks += [why] if why else []
+                    if why:
+                        fallbacks.append(why)
+                        kinds.append("answer_missing")
                     info.update(decision="answer")
                     action = {"answer": letter}
                     if decision.confidence is not None:
                         action["confidence"] = decision.confidence
-            info["fallback"] = "; ".join(fallbacks) if fallbacks else None
+            info["fallback"] = kinds[0] if kinds else None
+            info["fallback_kinds"] = kinds
+            info["fallback_detail"] = "; ".join(fallbacks) if fallbacks else None
             steps.append(AgentStep(action, info))
         return steps
 
@@ -300,7 +322,10 @@ class LLMAgent:
             if n_none:
                 reasons = sorted({p.fallback or "" for p in parsed if p.kind is None})
                 fallbacks.append(f"decision: {n_none}/{k} unparsed ({'; '.join(reasons)}); counted as ask")
-            # Unparsed votes count as asking: the documented fallback of an unreadable decision.
+            # Unparsed votes count as asking: the documented fallback of an unreadable decision. It is the
+            # fallback (not the model) that decided when nothing parsed, or when the parsed votes alone would
+            # have answered (n_answer > n_ask) but the unparsed ones tipped it to asking.
+            unparsed = n_ask + n_answer == 0 or n_ask < n_answer <= n_ask + n_none
             if n_answer > n_ask + n_none:
                 letters = [p.letter for p in parsed if p.kind == "answer" and p.letter is not None]
                 if not letters:
@@ -308,7 +333,7 @@ class LLMAgent:
                     fallbacks.append(f"decision's answer: {'; '.join(reasons)}")
                 return _Decision(ask=False, letter=_majority(letters), votes=votes, fallbacks=fallbacks)
             question = next((p.question for p in parsed if p.kind == "ask" and p.question), None)
-            return _Decision(ask=True, question=question, votes=votes, fallbacks=fallbacks)
+            return _Decision(ask=True, question=question, votes=votes, fallbacks=fallbacks, unparsed=unparsed)
 
         kind = self.strategy
         confs = [parse_confidence(t, kind) for t in texts]
@@ -319,7 +344,7 @@ class LLMAgent:
             fallbacks.append(f"confidence: {k - len(good)}/{k} unparsed ({'; '.join(reasons)})")
         if not good:
             fallbacks[-1] += "; asked"
-            return _Decision(ask=True, votes={"unparsed": k}, fallbacks=fallbacks)
+            return _Decision(ask=True, votes={"unparsed": k}, fallbacks=fallbacks, unparsed=True)
         values = [float(c.value) for c in good if c.value is not None]
         units = [float(c.unit) for c in good if c.unit is not None]
         mean_raw = float(np.mean(values))

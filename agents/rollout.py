@@ -29,6 +29,8 @@ class TurnRecord:
     reward: float
     reward_components: dict[str, float]
     invalid_action: str | None = None
+    # The agent's AgentStep.info for this turn, as given: intermediate answer, confidence, raw outputs and,
+    # for model-driven agents, ``fallback`` / ``fallback_kinds`` (see agents.base.FALLBACK_KINDS).
     agent: dict[str, Any] = field(default_factory=dict)
     # Per-question attribute/proxy scores when a scoring reward wrapper is used (NaN = unscored).
     scores: dict[str, float] = field(default_factory=dict)
@@ -63,6 +65,8 @@ class EpisodeRecord:
     questions_asked: int = 0
     n_facts_revealed: int = 0
     n_facts: int = 0
+    # Facts already stated at reset (known before any question); None when the env does not report it.
+    n_facts_known: int | None = None
     total_reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)
     option_order: list[str] = field(default_factory=list)
@@ -83,10 +87,23 @@ class EpisodeRecord:
         return cls(**data)
 
 
+def _grading(record: EpisodeRecord, info: dict[str, Any]) -> None:
+    """Copy the grading fields (fact counts, original lettering) when ``info`` has them.
+
+    The env gives them only with the step that ends an episode (the doctor must not see them earlier);
+    older envs gave them at reset. Reading them wherever they appear serves both.
+    """
+    if "n_facts" in info:
+        record.n_facts = info["n_facts"]
+    if "n_facts_known" in info:
+        record.n_facts_known = info["n_facts_known"]
+    if info.get("option_order") is not None:
+        record.option_order = list(info["option_order"])
+
+
 def _start(record: EpisodeRecord, info: dict[str, Any]) -> None:
     record.case_id = info["case_id"]
-    record.n_facts = info["n_facts"]
-    record.option_order = list(info["option_order"])
+    _grading(record, info)
 
 
 def _absorb(record: EpisodeRecord, action: Any, agent_info: dict[str, Any], reward: float, info: dict[str, Any]) -> None:
@@ -113,6 +130,7 @@ def _absorb(record: EpisodeRecord, action: Any, agent_info: dict[str, Any], rewa
 
 
 def _finish(record: EpisodeRecord, info: dict[str, Any], truncated: bool) -> None:
+    _grading(record, info)
     record.answer = info.get("answer")
     record.answer_original = info.get("answer_original")
     record.correct = bool(info.get("correct"))

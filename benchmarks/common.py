@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -34,12 +35,26 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None: they are not JSON, and strict parsers (browsers,
+    jq, most languages) reject a file that holds them. Callers say in a note what null means."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "shape", None) == ():
+        return json_safe(obj.item())  # numpy scalars
+    return obj
+
+
 def write_result(name: str, result: dict[str, Any], markdown: str | None = None, out_dir: Path | None = None) -> Path:
     """Write ``<name>.json`` (and ``<name>.md``) under the results folder; returns the JSON path."""
     out = out_dir or RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe({"machine": machine(), **result}), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     if markdown is not None:
         (out / f"{name}.md").write_text(markdown, encoding="utf-8")
     return path

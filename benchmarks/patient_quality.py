@@ -1,113 +1,134 @@
-"""How well does the fact-lookup patient answer natural, paraphrased questions?
+"""How faithfully does a patient answer? Measured on the labelled probe set, per source and per half.
 
-For every probe in ``benchmarks/data/patient_probes.jsonl`` (a question written by the team to target one
-fact of a built-in case, in other words than the fact's own) we ask the patient and measure:
+For every probe (``benchmarks/data/probes``: team-written questions over built-in, MediQ-AskDocs and MedQA
+cases, labelled with every fact that answers them) the patient replies, and we count:
 
-* **target recall** — the targeted fact is in the reply;
-* **other facts per reply** — facts revealed besides the target (the patient should say only what is asked);
-* **off-target reply rate** — replies that reveal a fact but not the target (the wrong answer entirely);
-* **cannot-answer rate** — replies that reveal nothing;
-* **unrelated-question reveal rate** — generic or off-topic questions (:data:`UNRELATED`) asked of every
-  case that got any fact in reply (the patient should say it cannot answer).
+* **answered** — answerable questions whose reply reveals at least one labelled fact;
+* **off-target** — answerable questions whose reply reveals facts, none of them labelled (the wrong answer);
+* **precision** — of all facts revealed for answerable questions, the share that answer;
+* **abstained** — unanswerable questions (``unanswerable`` probes and ``opening`` probes with no label)
+  whose reply reveals nothing, as it should;
+* **adversarial held** — adversarial actions (keyword lists, catch-alls, statements, several questions,
+  option guesses) that reveal nothing.
 
-The patient's default thresholds were chosen on the even-numbered cases; the odd-numbered cases are
-reported separately as a held-out figure.
+Targets (on the test half, per source): answered ≥ 90%, off-target ≤ 5%, abstained ≥ 90%, adversarial held
+≥ 98%. Nothing is tuned on the test half: the relevance head and its threshold are fitted on the
+calibration half (``python -m benchmarks.fit_relevance``).
 
-Run:  ``python -m benchmarks.patient_quality [--no-embeddings]``  → ``benchmarks/results/patient_quality.{json,md}``
+Run:  ``python -m benchmarks.patient_quality [--patients faithful,bm25,bm25+minilm] [--llm-limit N]``
+      → ``benchmarks/results/patient_quality.{json,md}``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, write_result
-from mediq_env import FactLookupPatient, PatientQuery, builtin_cases
+from benchmarks.common import write_result
+from benchmarks.probes import SOURCES, Probe, load_probe_cases, load_probes
+from mediq_env.patient import Patient, PatientQuery, make_patient
 
-__all__ = ["UNRELATED", "evaluate_patient", "load_probes", "unrelated_reveal_rate"]
+__all__ = ["TARGETS", "evaluate_patient", "probe_metrics"]
 
-UNRELATED = (
-    "Tell me everything.",
-    "What is your favourite colour?",
-    "Who won the football match last night?",
-    "Can you describe all of your symptoms in detail?",
-    "What's the weather like today?",
-    "Do you like pizza?",
-    "Is there anything else I should know?",
-    "How is your day going?",
-)
+TARGETS = {"answered": 0.90, "off_target": 0.05, "abstained": 0.90, "adversarial_held": 0.98}
 
 
-def load_probes(path: Path | None = None) -> list[dict[str, Any]]:
-    path = path or DATA_DIR / "patient_probes.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def probe_metrics(probes: Sequence[Probe], revealed: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The faithfulness figures for replies that revealed ``revealed[i]`` to ``probes[i]``."""
+    answerable = [(p, set(r)) for p, r in zip(probes, revealed, strict=True) if p.answerable]
+    unanswerable = [set(r) for p, r in zip(probes, revealed, strict=True) if p.kind != "adversarial" and not p.answers]
+    adversarial = [set(r) for p, r in zip(probes, revealed, strict=True) if p.kind == "adversarial"]
+    answered = sum(bool(r & set(p.answers)) for p, r in answerable)
+    off_target = sum(bool(r) and not (r & set(p.answers)) for p, r in answerable)
+    n_revealed = sum(len(r) for _, r in answerable)
+    n_right = sum(len(r & set(p.answers)) for p, r in answerable)
 
+    def rate(k: int, n: int) -> float | None:
+        return k / n if n else None
 
-def evaluate_patient(patient: FactLookupPatient, probes: list[dict[str, Any]] | None = None) -> dict[str, float]:
-    probes = probes if probes is not None else load_probes()
-    cases = {c.id: c for c in builtin_cases()}
-    queries = [PatientQuery(cases[p["case_id"]], p["question"]) for p in probes]
-    t0 = time.perf_counter()
-    replies = patient.reply_batch(queries)
-    seconds = time.perf_counter() - t0
-    hits = others = off_target = silent = 0
-    for probe, reply in zip(probes, replies, strict=True):
-        target = probe["fact_index"]
-        hit = target in reply.revealed
-        hits += hit
-        others += len([i for i in reply.revealed if i != target])
-        off_target += bool(reply.revealed) and not hit
-        silent += not reply.revealed
-    n = len(probes)
     return {
-        "probes": n,
-        "target_recall": hits / n,
-        "other_facts_per_reply": others / n,
-        "off_target_reply_rate": off_target / n,
-        "cannot_answer_rate": silent / n,
-        "replies_per_second": n / seconds if seconds > 0 else float("inf"),
+        "probes": len(probes),
+        "answerable": len(answerable),
+        "unanswerable": len(unanswerable),
+        "adversarial": len(adversarial),
+        "answered": rate(answered, len(answerable)),
+        "off_target": rate(off_target, len(answerable)),
+        "precision": rate(n_right, n_revealed),
+        "facts_per_reply": rate(n_revealed, len(answerable)),
+        "abstained": rate(sum(not r for r in unanswerable), len(unanswerable)),
+        "adversarial_held": rate(sum(not r for r in adversarial), len(adversarial)),
     }
 
 
-def unrelated_reveal_rate(patient: FactLookupPatient) -> float:
-    queries = [PatientQuery(c, q) for c in builtin_cases() for q in UNRELATED]
-    return sum(bool(r.revealed) for r in patient.reply_batch(queries)) / len(queries)
+def evaluate_patient(patient: Patient, probes: Sequence[Probe], *, batch_size: int = 64) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Ask every probe of ``probes``; return the figures and what was revealed for each."""
+    queries = [PatientQuery(load_probe_cases(p.source)[p.case_id], p.question) for p in probes]
+    revealed: list[tuple[int, ...]] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(queries), batch_size):
+        revealed.extend(r.revealed for r in patient.reply_batch(queries[start : start + batch_size]))
+    seconds = time.perf_counter() - t0
+    metrics = probe_metrics(probes, revealed)
+    metrics["replies_per_second"] = len(queries) / seconds if seconds > 0 else None
+    return metrics, revealed
 
 
-def _held_out(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [p for p in probes if int(p["case_id"].rsplit("-", 1)[-1]) % 2 == 1]
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def _table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    rows = [
+        "| patient | source | probes | answered (≥90%) | off-target (≤5%) | precision | abstained (≥90%) | adversarial held (≥98%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_source in results.items():
+        for source, m in by_source.items():
+            rows.append(
+                f"| {name} | {source} | {m['probes']} | {_fmt(m['answered'])} | {_fmt(m['off_target'])} | {_fmt(m['precision'])} | "
+                f"{_fmt(m['abstained'])} | {_fmt(m['adversarial_held'])} |"
+            )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-embeddings", action="store_true", help="measure BM25 only")
+    parser.add_argument("--patients", default="faithful,bm25,bm25+minilm", help="comma-separated patient names")
+    parser.add_argument("--split", default="test", choices=["test", "calibration"])
+    parser.add_argument("--llm-limit", type=int, default=0, help="also run the SmolLM2 select patient on the first N probes per source")
     parser.add_argument("--out-dir", type=Path)
     args = parser.parse_args(argv)
-    probes = load_probes()
-    patients = {"bm25": FactLookupPatient()}
-    if not args.no_embeddings:
-        patients["bm25+minilm"] = FactLookupPatient(embedder="minilm")
-    results: dict[str, Any] = {}
-    for name, patient in patients.items():
-        results[name] = evaluate_patient(patient, probes)
-        results[name]["held_out"] = evaluate_patient(patient, _held_out(probes))
-        results[name]["unrelated_reveal_rate"] = unrelated_reveal_rate(patient)
-    rows = [
-        "| patient | probes | target recall (held-out) | other facts / reply | off-target replies (held-out) | cannot answer | unrelated questions answered |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        h = r["held_out"]
-        rows.append(
-            f"| {name} | {r['probes']} | {r['target_recall']:.1%} ({h['target_recall']:.1%}) | {r['other_facts_per_reply']:.2f} | "
-            f"{r['off_target_reply_rate']:.1%} ({h['off_target_reply_rate']:.1%}) | {r['cannot_answer_rate']:.1%} | "
-            f"{r['unrelated_reveal_rate']:.1%} |"
-        )
-    md = "# Fact-lookup patient on paraphrased probe questions\n\n" + "\n".join(rows) + "\n"
-    path = write_result("patient_quality", {"results": results}, md, args.out_dir)
+    probes = load_probes(split=args.split)
+    sources = [s for s in SOURCES if any(p.source == s for p in probes)]
+    specs = [s for s in args.patients.split(",") if s]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in specs + (["llm-select:smollm2"] if args.llm_limit else []):
+        patient = make_patient(spec)
+        results[spec] = {}
+        for source in sources:
+            subset = [p for p in probes if p.source == source]
+            if spec.startswith("llm"):
+                subset = subset[: args.llm_limit]
+            results[spec][source], _ = evaluate_patient(patient, subset)
+            print(spec, source, {k: v for k, v in results[spec][source].items() if v is not None and not isinstance(v, int)}, flush=True)
+    md = (
+        f"# Patient faithfulness on the labelled probe set ({args.split} half)\n\n"
+        f"Command: `python -m benchmarks.patient_quality --patients {args.patients}"
+        + (f" --llm-limit {args.llm_limit}" if args.llm_limit else "")
+        + (f" --split {args.split}" if args.split != "test" else "")
+        + "`\n\n"
+        + _table(results)
+        + "\n\nanswered / off-target / precision: over answerable questions (a fact answers them); abstained: over "
+        "questions no fact answers; adversarial held: keyword lists, catch-alls, statements, several questions in "
+        "one action and option guesses that revealed nothing. Probes and labelling rule: `benchmarks/data/probes/`."
+        + (f" The SmolLM2 patient ran on the first {args.llm_limit} probes of each source only (CPU time)." if args.llm_limit else "")
+        + "\n"
+    )
+    name = "patient_quality" if args.split == "test" else "patient_quality_calibration"
+    path = write_result(name, {"split": args.split, "targets": TARGETS, "results": results}, md, args.out_dir)
     print(md)
     print(f"written: {path}")
     return 0

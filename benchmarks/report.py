@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import summarise
+from benchmarks.metrics import FALLBACK_WARN_RATE, summarise
 
 __all__ = ["format_summary", "leaderboard", "load_run", "write_reports"]
 
@@ -30,28 +30,59 @@ def write_reports(run_path: Path, config: Any, episodes: Sequence[dict[str, Any]
     modes = _by_mode(episodes)
     summary: dict[str, Any] = {
         "config": asdict(config),
-        "modes": {m: summarise(eps, max_questions=config.max_questions if m == "interactive" else 0, seed=config.seed) for m, eps in modes.items()},
+        "modes": {
+            m: summarise(eps, max_questions=config.max_questions if m == "interactive" else 0, seed=config.seed, mode=m)
+            for m, eps in modes.items()
+        },
     }
-    (run_path / "summary.json").write_text(json.dumps(summary, indent=2, default=_nan_safe) + "\n", encoding="utf-8")
+    # allow_nan=False: summarise gives None for undefined values, and a NaN slipping through must fail
+    # loudly here rather than write a file that strict JSON readers reject.
+    text = json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
+    (run_path / "summary.json").write_text(text + "\n", encoding="utf-8")
     plots = _plots(run_path, summary)
     (run_path / "report.md").write_text(markdown(summary, plots), encoding="utf-8")
     return summary
 
 
-def _nan_safe(obj: Any) -> Any:
-    return None if isinstance(obj, float) and math.isnan(obj) else str(obj)
+def _json_default(obj: Any) -> Any:
+    return str(obj)
+
+
+def _undefined(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+    return "n/a" if _undefined(x) else f"{x:.1%}"
 
 
-def _ci(d: dict[str, float], pct: bool = True) -> str:
-    if pct:
-        return f"{_pct(d['mean'])} [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]"
-    if math.isnan(d["mean"]):
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if _undefined(x) else f"{x:.{digits}f}"
+
+
+def _ci(d: dict[str, Any] | None, pct: bool = True) -> str:
+    """``mean [low, high]``; ``n/a`` when the mean is undefined (the interval alone is never shown)."""
+    if d is None or _undefined(d.get("mean")):
         return "n/a"
-    return f"{d['mean']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
+    fmt = _pct if pct else _num
+    return f"{fmt(d['mean'])} [{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]"
+
+
+def _fallback_rate(s: dict[str, Any]) -> str:
+    """The share of agent turns taken by fallbacks; a dash for agents that have none (baselines)."""
+    fb = s.get("fallback")
+    return "—" if fb is None else _pct(fb["rate"])
+
+
+def fallback_warning(s: dict[str, Any]) -> str | None:
+    """One plain sentence when fallbacks took more than FALLBACK_WARN_RATE of the agent's turns, else None."""
+    fb = s.get("fallback")
+    if fb is None or fb["rate"] is None or fb["rate"] <= FALLBACK_WARN_RATE:
+        return None
+    return (
+        f"Fallbacks made {fb['rate']:.0%} of this agent's {fb['turns']} turns (over {FALLBACK_WARN_RATE:.0%}): "
+        "these numbers measure the fallback (checklist questions, fixed letters), not the model."
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -62,12 +93,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"agent: {summary['config']['agent']}   cases: {summary['config']['cases'] or 'built-in'}   episodes: {inter['episodes']} ({inter['failed']} failed)",
         f"accuracy: {_ci(inter['accuracy'])}   (95% bootstrap interval)",
         f"questions asked: {_ci(inter['questions_asked'], pct=False)}   forced answers: {_pct(inter['forced_answer_rate'])}   fact coverage: {_ci(inter['fact_coverage'])}",
+        f"new facts per question: {_ci(inter.get('facts_per_question'), pct=False)}   fallback rate: {_fallback_rate(inter)}"
+        + (f" {inter['fallback']['by_kind']}" if inter.get("fallback", {}).get("by_kind") else ""),
         f"majority-letter baseline: {_pct(inter['majority_letter']['accuracy'])} (always {inter['majority_letter']['letter']} as shown); "
         f"in the file's own lettering {_pct(inter['majority_letter']['file_accuracy'])} (always {inter['majority_letter']['file_letter']})",
     ]
     for mode in ("no_interaction", "full_information"):
         if mode in m:
             lines.append(f"{mode.replace('_', ' ')}: accuracy {_ci(m[mode]['accuracy'])}")
+    warning = fallback_warning(inter)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
 
 
@@ -81,14 +117,30 @@ def markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"Strategy `{cfg['strategy']}`, patient `{cfg['patient']}`, at most {cfg['max_questions']} questions, "
         f"{cfg['repeats']} repeat(s), options {'shuffled' if cfg['shuffle_options'] else 'in file order'}, seed {cfg['seed']}.",
         "",
-        "| mode | episodes | failed | accuracy [95% CI] | questions asked | forced answers | fact coverage |",
-        "|---|---|---|---|---|---|---|",
     ]
+    warning = fallback_warning(inter)
+    if warning:
+        out += [f"**{warning}**", ""]
+    out += [
+        "| mode | episodes | failed | accuracy [95% CI] | questions asked | forced answers | fact coverage | new facts per question | fallback rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
     for mode, s in m.items():
+        coverage = s["fact_coverage"]
+        if coverage.get("note"):
+            notes.append(f"Fact coverage ({mode}): {coverage['note']}.")
         out.append(
             f"| {mode} | {s['episodes']} | {s['failed']} | {_ci(s['accuracy'])} | {_ci(s['questions_asked'], pct=False)} | "
-            f"{_pct(s['forced_answer_rate'])} | {_ci(s['fact_coverage'])} |"
+            f"{_pct(s['forced_answer_rate'])} | {_ci(coverage)} | {_ci(s.get('facts_per_question'), pct=False)} | {_fallback_rate(s)} |"
         )
+    fb = inter.get("fallback")
+    if fb is not None:
+        notes.append(
+            f"Fallback rate: share of the agent's {fb['turns']} turns whose action came from a documented fallback, "
+            f"not the model's own output; by kind: {fb['by_kind'] or 'none'}."
+        )
+    out += ["", *notes] if notes else []
     ml = inter["majority_letter"]
     out += [
         "",
@@ -104,7 +156,7 @@ def markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     if inter["attributes"]:
         out += ["", "## Per-question scores", "", "| score | mean | scored | unscored |", "|---|---|---|---|"]
         for name, a in inter["attributes"].items():
-            mean = "n/a" if math.isnan(a["mean"]) else f"{a['mean']:.3f}"
+            mean = _num(a["mean"], 3)
             out.append(f"| {name} | {mean} | {a['scored']} | {a['unscored']} |")
     if inter["failed"]:
         out += ["", f"Failed episodes: {inter['failure_reasons']}"]
@@ -125,22 +177,14 @@ def _plots(run_path: Path, summary: dict[str, Any]) -> list[str]:
     inter = summary["modes"]["interactive"]
     made = []
 
-    rows = [r for r in inter["accuracy_by_questions"] if not math.isnan(r["accuracy"])]
-    if rows:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["questions"] for r in rows], [r["accuracy"] for r in rows], marker="o", label="interactive")
-        for mode, style in (("no_interaction", ":"), ("full_information", "--")):
-            if mode in summary["modes"]:
-                ax.axhline(summary["modes"][mode]["accuracy"]["mean"], linestyle=style, color="grey", label=mode.replace("_", " "))
-        ax.axhline(inter["majority_letter"]["accuracy"], linestyle="-.", color="red", alpha=0.5, label="majority letter")
-        ax.set(xlabel="questions asked", ylabel="accuracy", ylim=(0, 1), title="Accuracy vs questions asked")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plot_dir / "accuracy_vs_questions.png", dpi=120)
+    fig = accuracy_figure(summary)
+    if fig is not None:
+        # bbox_inches="tight" keeps the reference-line labels drawn right of the axes.
+        fig.savefig(plot_dir / "accuracy_vs_questions.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         made.append("accuracy_vs_questions.png")
 
-    attrs = {k: v["mean"] for k, v in inter["attributes"].items() if not math.isnan(v["mean"])}
+    attrs = {k: v["mean"] for k, v in inter["attributes"].items() if not _undefined(v["mean"])}
     if attrs:
         fig, ax = plt.subplots(figsize=(5, 0.4 * len(attrs) + 1.2))
         ax.barh(list(attrs), list(attrs.values()))
@@ -161,6 +205,67 @@ def _plots(run_path: Path, summary: dict[str, Any]) -> list[str]:
         plt.close(fig)
         made.append("calibration.png")
     return made
+
+
+_REFERENCES = (
+    # (label, linestyle, colour) of each reference line; distinct styles so that equal values stay readable.
+    ("no interaction", ":", "tab:grey"),
+    ("full information", "--", "tab:green"),
+    ("majority letter", "-.", "tab:red"),
+)
+_LABEL_GAP = 0.06  # the least vertical distance (accuracy units) between two reference labels
+
+
+def _spread(values: Sequence[float], gap: float) -> list[float]:
+    """Label heights for ``values`` (same order), moved apart to at least ``gap`` and kept inside [0, 1]."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    placed: list[float] = []
+    for i in order:
+        placed.append(max(values[i], placed[-1] + gap) if placed else values[i])
+    overflow = max(0.0, (placed[-1] if placed else 0.0) - 1.0)
+    heights = [0.0] * len(values)
+    for i, y in zip(order, placed, strict=True):
+        heights[i] = y - overflow
+    return heights
+
+
+def accuracy_figure(summary: dict[str, Any]) -> Any | None:
+    """The accuracy-vs-questions figure (matplotlib), or None when there is nothing to draw.
+
+    Integer ticks only (a question is asked or not); each reference line (no interaction, full information,
+    majority letter) has a legend entry with its value and a label at the right edge, pushed apart when
+    lines overlap so every one stays readable.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    inter = summary["modes"]["interactive"]
+    rows = [r for r in inter["accuracy_by_questions"] if not _undefined(r["accuracy"])]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ks = [r["questions"] for r in rows]
+    ax.plot(ks, [r["accuracy"] for r in rows], marker="o", color="tab:blue", label="interactive (answer after k questions)")
+    values = {
+        "no interaction": summary["modes"].get("no_interaction", {}).get("accuracy", {}).get("mean"),
+        "full information": summary["modes"].get("full_information", {}).get("accuracy", {}).get("mean"),
+        "majority letter": inter["majority_letter"]["accuracy"],
+    }
+    refs = [(label, style, colour, values[label]) for label, style, colour in _REFERENCES if not _undefined(values[label])]
+    heights = _spread([v for *_, v in refs], _LABEL_GAP)
+    for (label, style, colour, value), y in zip(refs, heights, strict=True):
+        ax.axhline(value, linestyle=style, color=colour, linewidth=1.4, label=f"{label} ({value:.0%})")
+        ax.annotate(
+            f"{label} {value:.0%}", xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(1.02, y),
+            textcoords=("axes fraction", "data"), va="center", fontsize=7, color=colour,
+            arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.6} if abs(y - value) > 1e-9 else None,
+        )
+    lo, hi = min(ks), max(ks)
+    ax.set_xlim(lo - 0.3, hi + 0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set(xlabel="questions asked (k)", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy vs questions asked")
+    ax.legend(fontsize=7, loc="best")
+    return fig
 
 
 def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -185,24 +290,41 @@ def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def leaderboard(paths: Sequence[str | Path]) -> str:
-    """A Markdown table of several runs, best interactive accuracy first."""
+    """A Markdown table of several runs, best interactive accuracy first.
+
+    ``fallback`` is the share of the agent's turns taken by documented fallbacks ("—" for agents without
+    any, the baselines); a run over 20% is marked, since its numbers describe the fallback, not the model.
+    """
     rows = []
     for p in paths:
         manifest, episodes = load_run(p)
         cfg = manifest["config"]
         inter = [e for e in episodes if e.get("mode", "interactive") == "interactive"]
-        s = summarise(inter, max_questions=cfg["max_questions"], seed=cfg.get("seed", 0))
-        base = {m: summarise([e for e in episodes if e.get("mode") == m], max_questions=0) for m in ("no_interaction", "full_information")}
+        s = summarise(inter, max_questions=cfg["max_questions"], seed=cfg.get("seed", 0), mode="interactive")
+        base = {
+            m: summarise([e for e in episodes if e.get("mode") == m], max_questions=0, mode=m)
+            for m in ("no_interaction", "full_information")
+        }
         rows.append((s["accuracy"]["mean"], str(p), cfg, s, base))
-    rows.sort(key=lambda r: -(r[0] if not math.isnan(r[0]) else -1))
+    rows.sort(key=lambda r: -(r[0] if not _undefined(r[0]) else -1))
     out = [
-        "| run | agent | cases | episodes | accuracy [95% CI] | questions | no interaction | full information | majority letter |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | agent | cases | episodes | accuracy [95% CI] | questions | new facts per question | fallback | "
+        "no interaction | full information | majority letter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    flagged = []
     for _, path, cfg, s, base in rows:
+        fallback = _fallback_rate(s)
+        if fallback_warning(s):
+            fallback += " ⚠"
+            flagged.append(path)
         out.append(
             f"| {path} | {cfg['agent']} | {Path(cfg['cases']).name if cfg['cases'] else 'built-in'} | {s['episodes']} | {_ci(s['accuracy'])} | "
-            f"{_ci(s['questions_asked'], pct=False)} | {_pct(base['no_interaction']['accuracy']['mean'])} | "
+            f"{_ci(s['questions_asked'], pct=False)} | {_ci(s.get('facts_per_question'), pct=False)} | {fallback} | "
+            f"{_pct(base['no_interaction']['accuracy']['mean'])} | "
             f"{_pct(base['full_information']['accuracy']['mean'])} | {_pct(s['majority_letter']['accuracy'])} |"
         )
+    if flagged:
+        out += ["", f"⚠ fallbacks made over {FALLBACK_WARN_RATE:.0%} of the agent's turns in {', '.join(flagged)}: "
+                "those numbers measure the fallback, not the model."]
     return "\n".join(out)

@@ -2,8 +2,8 @@
 
 An action is a ``str`` or a ``dict``:
 
-* ``{"answer": "C"}`` or ``{"answer": "<option text>"}`` — a final answer (an optional ``"confidence"``
-  is recorded); ``{"question": "..."}`` — a question.
+* ``{"answer": "C"}`` or ``{"answer": "<option text>"}`` — a final answer (an optional ``"confidence"``,
+  a finite number, is recorded); ``{"question": "..."}`` — a question.
 * A string starting with ``ANSWER:`` (any case; ``FINAL ANSWER:`` too) followed by a letter, a letter and
   its text (``C) Sleep paralysis``) or an option text — a final answer.
 * A bare option letter (``C``, ``(C)``, ``C) <its text>``) or a string equal to one option's text
@@ -11,12 +11,15 @@ An action is a ``str`` or a ``dict``:
 * Any other non-empty string — a question (a leading ``QUESTION:`` is removed).
 
 Invalid actions (counted as a turn, answered with a clear message, flagged in ``info["invalid_action"]``):
-an empty string, a string longer than the env's ``max_action_chars``, an answer that names no option, a
-dict without exactly one of ``answer``/``question``, or any other type.
+an empty string, a string longer than the env's ``max_action_chars``, a question with no letter or digit
+(e.g. only control characters or punctuation), an answer that names no option, a confidence that is not a
+finite number (NaN and infinity are refused, not treated as missing: a NaN would poison calibration
+metrics unseen), a dict without exactly one of ``answer``/``question``, or any other type.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,7 +94,14 @@ def parse_action(action: Any, options: Mapping[str, str], max_chars: int) -> Par
     question = _QUESTION_PREFIX.sub("", text, count=1).strip()
     if not question:
         return ParsedAction("invalid", text=text, error="the question is empty")
-    return ParsedAction("question", text=question)
+    return _question(question)
+
+
+def _question(text: str) -> ParsedAction:
+    # "\x00\x01\x02" or "???" is not a question a patient could answer; it must not pass as one.
+    if not any(ch.isalnum() for ch in text):
+        return ParsedAction("invalid", text=text, error="the question has no letters or digits")
+    return ParsedAction("question", text=text)
 
 
 def _parse_dict(action: Mapping[str, Any], options: Mapping[str, str], max_chars: int) -> ParsedAction:
@@ -107,10 +117,12 @@ def _parse_dict(action: Mapping[str, Any], options: Mapping[str, str], max_chars
     confidence = action.get("confidence")
     if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))):
         return ParsedAction("invalid", error="'confidence' must be a number")
+    if confidence is not None and not math.isfinite(confidence):
+        return ParsedAction("invalid", text=value, error=f"'confidence' must be a finite number, got {confidence!r}")
     if key == "question":
         if not value.strip():
             return ParsedAction("invalid", error="the question is empty")
-        return ParsedAction("question", text=value.strip())
+        return _question(value.strip())
     letter = resolve_option(value, options)
     if letter is None:
         return ParsedAction("invalid", text=value, error=f"the answer {value.strip()!r} names none of the options {', '.join(options)}")

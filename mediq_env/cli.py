@@ -49,12 +49,18 @@ def validate_report(report: LoadReport) -> str:
         if specialties:
             out.append(f"specialties: {len(specialties)} ({', '.join(f'{k} {v}' for k, v in specialties.most_common(6))}{', ...' if len(specialties) > 6 else ''})")
     for quirk, n in sorted(report.quirks.items()):
-        out.append(f"quirk: {quirk}: {n} records")
+        out.append(f"quirk: {quirk}: {_plural(n, 'record')}")
     for note in report.notes:
         out.append(f"repaired: {note}")
+    for warning in report.warnings:
+        out.append(f"warning: {warning}")
     for err in report.errors:
         out.append(f"error: {err}")
     return "\n".join(out)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -85,6 +91,7 @@ def play(
     seed: int | None = None,
     read: Callable[[str], str] = input,
     out: TextIO | None = None,
+    shuffle_options: bool = True,
 ) -> dict[str, object]:
     """Play one episode as the doctor in a terminal. Returns the final ``info`` dict.
 
@@ -93,9 +100,10 @@ def play(
     from mediq_env.env import MediQEnv
 
     out = out or sys.stdout
-    env = MediQEnv(cases, max_questions=max_questions)
+    env = MediQEnv(cases, max_questions=max_questions, shuffle_options=shuffle_options)
     _, info = env.reset(seed=seed, options={"case_id": case_id} if case_id else None)
-    case = env.case
+    # The game is its own grader: it shows the answer and the missed facts once the episode is over.
+    case = env.grader.case
     print(f"Case {case.id}" + (f" ({case.specialty})" if case.specialty else ""), file=out)
     print(f"\n{case.initial_info}\n\n{case.question}", file=out)
     for letter, text in case.options.items():
@@ -129,10 +137,13 @@ def play(
             else:
                 print(f"\nNo answer given. The answer is {case.answer}: {case.answer_text}.", file=out)
             break
-    revealed = set(env.revealed_facts)
-    print(f"\nYou uncovered {len(revealed)} of {len(case.facts)} facts. /facts:", file=out)
+    grader = env.grader
+    revealed, known = set(grader.revealed), set(grader.known_facts)
+    hidden = len(case.facts) - len(known)
+    print(f"\nYou uncovered {len(revealed)} of the {hidden} facts not in the opening. Facts of the case:", file=out)
+    print("  [x] uncovered   [=] given in the opening   [ ] missed", file=out)
     for i, fact in enumerate(case.facts):
-        mark = "x" if i in revealed else " "
+        mark = "=" if i in known else "x" if i in revealed else " "
         key = " (key)" if i in case.key_facts else ""
         print(f"  [{mark}] {fact}{key}", file=out)
     return info

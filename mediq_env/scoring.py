@@ -63,10 +63,13 @@ __all__ = [
     "earlier_questions",
     "focus_features",
     "is_repeat",
+    "is_repeat_step",
+    "known_before",
     "parse_rubric_score",
     "parse_verdict",
     "render_context",
     "render_reward_input",
+    "repeat_signals",
 ]
 
 NAN = float("nan")
@@ -575,14 +578,19 @@ def _registered_names() -> set[str]:
 # Environment proxies
 
 PROXIES: Mapping[str, str] = {
-    "proxy_answerable": "1 if the patient's reply revealed at least one case fact, else 0 (needs a reply).",
-    "proxy_info_gain": "How many case facts the reply revealed that earlier turns had not (a count; needs a reply).",
+    "proxy_answerable": "1 if the patient's reply revealed at least one case fact not already known (known: revealed "
+    "by an earlier turn, or stated in the opening — the case's known_facts), else 0 (needs a reply).",
+    "proxy_info_gain": "How many case facts the reply revealed that were not already known (not revealed by an earlier "
+    "turn, not stated in the opening); a count; needs a reply.",
     "proxy_key_fact": "1 if the reply newly revealed one of the case's key facts, else 0 (needs a reply and a "
     "case with key_facts).",
-    "proxy_repeat": "1 if the question repeats an earlier question of the dialogue (same normalised text, or "
-    "content-word Jaccard overlap >= the threshold), else 0.",
-    "proxy_focus": "1 for a single question of 3..30 words, 0.5 for a single one outside that length, 0 for a "
-    "compound question (several question marks, or 'and/or' joining a second interrogative clause).",
+    "proxy_repeat": "1 if the question repeats what is already known, else 0: by meaning, its reply revealed facts and "
+    "every one of them was already known (an earlier turn or the opening); or by words, the same normalised text as "
+    "an earlier question or a content-word Jaccard overlap >= the threshold.",
+    "proxy_focus": "0 for an action the question-form gate rejects (keyword list, catch-all, statement, several "
+    "questions, a guess at the options, gibberish); otherwise 1 for a single question of 3..30 words, 0.5 for a single "
+    "one outside that length, 0 for a compound question (several question marks, or 'and/or' joining a second "
+    "interrogative clause).",
     "proxy_relevance": "Highest cosine similarity between a fact the reply revealed and the correct option's text, "
     "with the MiniLM embedder (NaN without an embedder, a case or a revealed fact).",
 }
@@ -625,14 +633,62 @@ def is_repeat(question: str, earlier: Sequence[str], threshold: float = 0.6) -> 
     return False
 
 
-def focus_features(question: str) -> dict[str, Any]:
-    """What :data:`proxy_focus <PROXIES>` looks at: word count, question marks, compound-ness, score."""
+def known_before(context: DialogueState, case: Case | None = None) -> set[int]:
+    """Facts the doctor already has before the question: those revealed by earlier turns, plus those the opening
+    states (``case.known_facts``; read with ``getattr`` so cases of any version work)."""
+    known = {i for t in context.turns for i in t.revealed}
+    if case is not None:
+        known.update(getattr(case, "known_facts", ()) or ())
+    return known
+
+
+def repeat_signals(
+    question: str,
+    context: DialogueState,
+    case: Case | None = None,
+    reply: PatientReply | None = None,
+    threshold: float = 0.6,
+) -> dict[str, bool]:
+    """Why a question counts as a repeat: ``meaning`` — its reply revealed facts, all of them already known
+    (a paraphrase or an echo of the opening is caught however it is worded); ``words`` — :func:`is_repeat`
+    against the earlier questions. Either one makes it a repeat (:func:`is_repeat_step`).
+
+    A reply that reveals nothing is not a repeat by meaning: abstaining says nothing about what was asked.
+    """
+    by_meaning = reply is not None and bool(reply.revealed) and set(reply.revealed) <= known_before(context, case)
+    by_words = is_repeat(question, earlier_questions(context), threshold)
+    return {"meaning": bool(by_meaning), "words": by_words}
+
+
+def is_repeat_step(
+    question: str,
+    context: DialogueState,
+    case: Case | None = None,
+    reply: PatientReply | None = None,
+    threshold: float = 0.6,
+) -> bool:
+    """Whether a question repeats what is already known, by meaning or by words (see :func:`repeat_signals`);
+    the rule behind both ``proxy_repeat`` and the reward wrapper's repeat penalty."""
+    return any(repeat_signals(question, context, case, reply, threshold).values())
+
+
+def focus_features(question: str, options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What :data:`proxy_focus <PROXIES>` looks at: the question-form gate's verdict (``options``: the case's
+    answer options, so that guesses at an option's text are caught), word count, question marks,
+    compound-ness, and the score.
+
+    The gate comes first because form alone was gameable: a keyword list or "Tell me everything." is short,
+    has no second question mark and so scored a full 1.
+    """
+    from mediq_env.question_gate import check_question
+
     q = question.strip()
     words = len(q.split())
     marks = q.count("?")
     compound = marks >= 2 or _COMPOUND.search(q) is not None
-    score = 0.0 if compound else (1.0 if 3 <= words <= 30 else 0.5)
-    return {"words": words, "question_marks": marks, "compound": compound, "score": score}
+    gate = check_question(q, options).reason
+    score = 0.0 if gate != "ok" or compound else (1.0 if 3 <= words <= 30 else 0.5)
+    return {"gate": gate, "words": words, "question_marks": marks, "compound": compound, "score": score}
 
 
 class EnvironmentScorer:
@@ -689,14 +745,19 @@ class EnvironmentScorer:
         raw: dict[str, Any] = {}
         bounds: dict[str, tuple[float, float]] = {}
         reply, case = item.reply, item.case
-        known = {i for t in item.context.turns for i in t.revealed}
-        new = [i for i in reply.revealed if i not in known] if reply is not None else []
+        # Known = revealed by earlier turns or stated in the opening: re-revealing either is no information,
+        # so it must pay neither answerable nor info gain (otherwise echoing the opening is rewarded).
+        known = known_before(item.context, case)
+        new = list(dict.fromkeys(i for i in reply.revealed if i not in known)) if reply is not None else []
         for p in self.proxies:
             if p == "proxy_repeat":
-                scores[p] = float(is_repeat(item.question, earlier_questions(item.context), self.repeat_threshold))
+                signals = repeat_signals(item.question, item.context, case, reply, self.repeat_threshold)
+                scores[p] = float(any(signals.values()))
+                raw[p] = signals
                 bounds[p] = (0.0, 1.0)
             elif p == "proxy_focus":
-                feats = focus_features(item.question)
+                options = case.options if case is not None else item.context.options
+                feats = focus_features(item.question, options)
                 scores[p] = feats.pop("score")
                 raw[p] = feats
                 bounds[p] = (0.0, 1.0)
@@ -706,7 +767,8 @@ class EnvironmentScorer:
                 scores[p] = NAN
                 raw[p] = "no patient reply"
             elif p == "proxy_answerable":
-                scores[p] = float(bool(reply.revealed))
+                scores[p] = float(bool(new))
+                raw[p] = {"revealed": list(reply.revealed), "new_facts": new}
                 bounds[p] = (0.0, 1.0)
             elif p == "proxy_info_gain":
                 scores[p] = float(len(new))

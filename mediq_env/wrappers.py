@@ -13,7 +13,9 @@ Component names::
     attr:<attribute>      weight × score of a rubric attribute (e.g. attr:clarity)
     proxy:<name>          weight × an environment proxy (e.g. proxy:info_gain for score proxy_info_gain)
     question_cost         −question_cost, on every question and invalid action (a turn used up)
-    repeat_penalty        −repeat_penalty if the question repeats an earlier one, else 0 (question steps)
+    repeat_penalty        −repeat_penalty if the question repeats what is already known, else 0 (question
+                          steps): its reply revealed only facts known before (earlier turns or the opening),
+                          or its words repeat an earlier question (mediq_env.scoring.is_repeat_step)
     invalid_action        −invalid_penalty (invalid actions)
     correctness           ``correct`` or ``incorrect`` (the final answer, or the forced turn timing out)
 
@@ -44,7 +46,7 @@ from mediq_env.attributes import ATTRIBUTES
 from mediq_env.dialogue import DialogueState
 from mediq_env.errors import ConfigError, EnvStateError
 from mediq_env.patient import PatientReply
-from mediq_env.scoring import PROXIES, ScoreItem, Scorer, ScoreRecord, earlier_questions, is_repeat
+from mediq_env.scoring import PROXIES, ScoreItem, Scorer, ScoreRecord, is_repeat_step
 
 if TYPE_CHECKING:
     from mediq_env.case import Case
@@ -90,9 +92,11 @@ class RewardConfig:
     of 1..5 becomes 0..1 — so weights of rubric attributes and 0/1 proxies are comparable. Unbounded scores
     (reward-model logits, the ``proxy_info_gain`` count) are used as they are.
 
-    Costs are given as non-negative magnitudes and enter the reward negated. ``repeat_threshold`` is the
-    content-word overlap at which a question counts as a repeat (see :func:`mediq_env.scoring.is_repeat`);
-    note that weighting ``proxy_repeat`` as well would penalise a repeat twice.
+    Costs are given as non-negative magnitudes and enter the reward negated. A question is a repeat when its
+    reply revealed only facts already known (by meaning: a paraphrase or an echo of the opening is caught
+    however it is worded) or when its words repeat an earlier question: ``repeat_threshold`` is the
+    content-word overlap for the second signal (see :func:`mediq_env.scoring.is_repeat_step`); note that
+    weighting ``proxy_repeat`` as well would penalise a repeat twice.
     """
 
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -211,7 +215,7 @@ def attribute_rewards(views: Sequence[StepView], scorer: Scorer, config: RewardC
     for v in views:
         if v.kind == "question":
             record = by_view[id(v)]
-            repeat = is_repeat(v.question, earlier_questions(v.context), config.repeat_threshold)
+            repeat = is_repeat_step(v.question, v.context, v.case, v.reply, config.repeat_threshold)
             components = {
                 "question_cost": -config.question_cost,
                 "repeat_penalty": -config.repeat_penalty if repeat else 0.0,
@@ -244,6 +248,13 @@ def _annotate(info: dict[str, Any], out: RewardBreakdown, counts: Counter[str]) 
     info["scores"] = dict(out.record.scores) if out.record is not None else {}
     info["score_record"] = out.record
     counts.update(out.unscored)
+
+
+def _grader_case(env: Any) -> Case:
+    """The shown case (answer and facts) through the grader view; envs without one expose ``case``."""
+    base = getattr(env, "unwrapped", env)
+    grader = getattr(type(base), "grader", None)
+    return base.grader.case if grader is not None else base.case
 
 
 def _base_env(env: gym.Env[Any, Any]) -> Any:
@@ -285,7 +296,7 @@ class AttributeReward(gym.Wrapper[str, Any, str, Any]):
         if self._before is None:
             raise EnvStateError("step() called before reset()")
         obs, _, terminated, truncated, info = self.env.step(action)
-        view = step_view(self._before, info, terminated, truncated, self._base.case)
+        view = step_view(self._before, info, terminated, truncated, _grader_case(self._base))
         out = attribute_rewards([view], self.scorer, self.config)[0]
         _annotate(info, out, self.unscored_counts)
         self._before = info["state"]
@@ -347,7 +358,7 @@ class BatchedAttributeReward:
             before = self._before[i]
             if before is None:
                 raise EnvStateError(f"env {i} was stepped before reset")
-            views.append(step_view(before, r.info, r.terminated, r.truncated, self.batch.envs[i].case))
+            views.append(step_view(before, r.info, r.terminated, r.truncated, _grader_case(self.batch.envs[i])))
         outs = attribute_rewards(views, self.scorer, self.config)
         for i, r, out in zip(active, results, outs, strict=True):
             _annotate(r.info, out, self.unscored_counts)

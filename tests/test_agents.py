@@ -6,7 +6,7 @@ with the chats agents.prompts builds for the test states, and replies from a tab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -62,7 +62,7 @@ class FakeBackend:
     """Replies per (stage, case_id) from ``table``; records every call with the stage of each chat."""
 
     states: Sequence[DialogueState]
-    table: dict[tuple[str, str], Reply]
+    table: Mapping[tuple[str, str], Reply]
     strategy: str = "implicit"
     rationale: bool = False
     model_id: str = "fake"
@@ -96,7 +96,7 @@ class FakeBackend:
         return result
 
 
-def run_one(table: dict[tuple[str, str], Reply], state: DialogueState | None = None, **kw: object) -> tuple[AgentStep, FakeBackend]:
+def run_one(table: Mapping[tuple[str, str], Reply], state: DialogueState | None = None, **kw: object) -> tuple[AgentStep, FakeBackend]:
     state = state or make_state()
     backend = FakeBackend([state], table, strategy=str(kw.get("strategy", "implicit")), rationale=bool(kw.get("rationale", False)))
     agent = LLMAgent(backend, **kw)  # type: ignore[arg-type]
@@ -322,12 +322,14 @@ def test_unparseable_decision_asks_and_is_recorded() -> None:
     table = {("answer", "c1"): "ANSWER: A", ("decision", "c1"): "Hmm, difficult.", ("question", "c1"): "Any chest pain?"}
     step, backend = run_one(table)
     assert step.action == {"question": "Any chest pain?"}
-    assert "decision" in step.info["fallback"] and "counted as ask" in step.info["fallback"]
+    assert step.info["fallback"] == "decision_unparsed" and step.info["fallback_kinds"] == ["decision_unparsed"]
+    assert "decision" in step.info["fallback_detail"] and "counted as ask" in step.info["fallback_detail"]
     assert backend.stages() == ["answer", "decision", "question"]
     for strategy in ("binary", "numeric", "likert"):
         step, _ = run_one({**table, ("decision", "c1"): "I cannot say."}, strategy=strategy)
         assert step.action == {"question": "Any chest pain?"}
-        assert "confidence" in step.info["fallback"] and step.info["confidence"] is None
+        assert step.info["fallback"] == "decision_unparsed"
+        assert "confidence" in step.info["fallback_detail"] and step.info["confidence"] is None
 
 
 def test_unparseable_question_uses_an_unasked_checklist_question() -> None:
@@ -336,10 +338,12 @@ def test_unparseable_question_uses_an_unasked_checklist_question() -> None:
     step, _ = run_one(table, state=state, strategy="binary")
     assert step.action == {"question": CHECKLIST[1]}
     assert step.info["question_source"] == "checklist"
-    assert "checklist" in step.info["fallback"]
+    assert step.info["fallback"] == "question_missing" and step.info["fallback_kinds"] == ["question_missing"]
+    assert "checklist" in step.info["fallback_detail"]
     # implicit: "ASK:" with no usable question goes to the question stage, then to the checklist
     step, backend = run_one({("answer", "c1"): "ANSWER: A", ("decision", "c1"): "ASK:", ("question", "c1"): ""}, state=state)
     assert step.action == {"question": CHECKLIST[1]}
+    assert step.info["fallback"] == "question_missing"
     assert backend.stages() == ["answer", "decision", "question"]
 
 
@@ -348,17 +352,21 @@ def test_unparseable_final_answer_uses_fixed_letter_never_random() -> None:
     step, _ = run_one({("answer", "c1"): "I don't know"}, state=forced)
     assert step.action == {"answer": "A"}
     assert step.info["intermediate_answer"] is None
-    assert "fixed letter A" in step.info["fallback"]
+    assert step.info["fallback"] == "answer_missing" and "fixed letter A" in step.info["fallback_detail"]
     # a case without option A answers its first option, still flagged
     other = make_state(options={"B": "x", "C": "y"}, must_answer=True, questions_left=0)
     step, _ = run_one({("answer", "c1"): "B or C"}, state=other)
-    assert step.action == {"answer": "B"} and step.info["fallback"]
+    assert step.action == {"answer": "B"} and step.info["fallback"] == "answer_missing"
 
 
 def test_implicit_answer_without_letter_uses_intermediate_answer() -> None:
     step, _ = run_one({("answer", "c1"): "ANSWER: C", ("decision", "c1"): "ANSWER: one of them"})
     assert step.action == {"answer": "C"}
-    assert "intermediate answer" in step.info["fallback"]
+    # The model's own (intermediate) answer made the action: noted, but not a fallback kind.
+    assert step.info["fallback"] is None and "intermediate answer" in step.info["fallback_detail"]
+    # Neither stage gave a letter: the fixed letter is a fallback.
+    step, _ = run_one({("answer", "c1"): "no idea", ("decision", "c1"): "ANSWER: one of them"})
+    assert step.action == {"answer": "A"} and step.info["fallback"] == "answer_missing"
 
 
 def test_backend_returning_wrong_number_of_generations_is_an_error() -> None:
@@ -467,7 +475,7 @@ def test_self_consistency_mean_confidence() -> None:
     # an unparsed sample is left out of the mean and recorded
     step, _ = run_one({**table, ("decision", "c1"): _by_seed(["5", "??", "4"], 3)}, strategy="likert", self_consistency=3)
     assert step.info["decision"] == "answer" and step.info["confidence_raw"] == pytest.approx(4.5)
-    assert "1/3 unparsed" in step.info["fallback"]
+    assert "1/3 unparsed" in step.info["fallback_detail"] and step.info["fallback"] is None
 
 
 def test_self_consistency_is_reproducible_and_seeded_from_base() -> None:
@@ -564,3 +572,87 @@ def test_make_agent_llm_uses_the_backend_factory() -> None:
     step = agent.act([make_state()])[0]
     assert step.info["decision"] == "ask"  # every reply reads as confidence 2 and no question parses
     assert step.info["question_source"] == "checklist"
+
+
+# ---------------------------------------------------------------------------------------------------
+# LLMAgent: the fallback kind of every turn
+
+
+def test_every_llm_turn_records_fallback_kind_none_when_the_model_decided() -> None:
+    cases = [
+        ({("answer", "c1"): "ANSWER: A", ("decision", "c1"): "ASK: Do you smoke?"}, {}),
+        ({("answer", "c1"): "ANSWER: A", ("decision", "c1"): "ANSWER: B"}, {}),
+        ({("answer", "c1"): "ANSWER: A", ("decision", "c1"): "CONFIDENT: NO", ("question", "c1"): "Any fever?"}, {"strategy": "binary"}),
+        ({("answer", "c1"): "ANSWER: D"}, {"state": make_state(must_answer=True, questions_left=0)}),
+    ]
+    for table, kw in cases:
+        step, _ = run_one(table, **kw)  # type: ignore[arg-type]
+        assert step.info["fallback"] is None and step.info["fallback_kinds"] == [], step.info
+        assert step.info["fallback_detail"] is None
+
+
+def test_unparsed_decision_and_missing_question_record_both_kinds() -> None:
+    table = {("answer", "c1"): "ANSWER: A", ("decision", "c1"): "Hmm.", ("question", "c1"): "ANSWER: B"}
+    step, _ = run_one(table)
+    assert step.action == {"question": CHECKLIST[0]}
+    assert step.info["fallback"] == "decision_unparsed"
+    assert step.info["fallback_kinds"] == ["decision_unparsed", "question_missing"]
+
+
+@pytest.mark.parametrize(
+    ("replies", "kind"),
+    [
+        (["ANSWER: B", "??", "??"], "decision_unparsed"),  # the parsed vote answered; unparsed votes made it ask
+        (["ANSWER: B", "ANSWER: B", "??"], None),  # answered by the parsed majority
+        (["ANSWER: B", "??", "ASK: Any fever?"], None),  # a tie asks with or without the unparsed vote
+        (["??", "??", "??"], "decision_unparsed"),
+    ],
+)
+def test_self_consistency_unparsed_votes_are_a_fallback_only_when_they_decide(replies: list[str], kind: str | None) -> None:
+    table: dict[tuple[str, str], Reply] = {
+        ("answer", "c1"): "ANSWER: A",
+        ("decision", "c1"): _by_seed(replies, 3),
+        ("question", "c1"): "Any fever?",
+    }
+    step, _ = run_one(table, self_consistency=3)
+    assert step.info["fallback"] == kind
+
+
+def test_rollout_records_carry_the_fallback_of_every_turn() -> None:
+    from agents.rollout import EpisodeSpec, rollout
+    from mediq_env import BatchedEnv, builtin_cases
+
+    cases = builtin_cases()[:2]
+
+    class Unreadable:
+        """A model whose every output is unreadable: the agent asks checklist questions, then answers "A"."""
+
+        model_id = "unreadable"
+
+        def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
+            return [Generation("???") for _ in chats]
+
+    envs = BatchedEnv(2, cases, max_questions=2)
+    specs = [EpisodeSpec(c.id, 0) for c in cases]
+    records = list(rollout(LLMAgent(Unreadable()), envs, specs))
+    assert len(records) == 2
+    for record in records:
+        data = record.to_dict()
+        assert data["turns"], data
+        for turn in data["turns"]:
+            assert "fallback" in turn["agent"] and "fallback_kinds" in turn["agent"]
+        # Nothing parses: every question turn is decision_unparsed (+ question_missing); the forced answer
+        # is answer_missing.
+        assert [t["agent"]["fallback"] for t in data["turns"]] == ["decision_unparsed", "decision_unparsed", "answer_missing"]
+
+
+def test_rollout_record_keeps_facts_known_at_reset() -> None:
+    from agents.rollout import EpisodeRecord, _start
+
+    record = EpisodeRecord(key="k", case_id="", seed=0)
+    _start(record, {"case_id": "c1", "n_facts": 6, "n_facts_known": 2, "option_order": ["A", "B"]})
+    assert record.to_dict()["n_facts_known"] == 2
+    old = EpisodeRecord(key="k", case_id="", seed=0)
+    _start(old, {"case_id": "c1", "n_facts": 6, "option_order": ["A", "B"]})  # an env that does not report it
+    assert old.n_facts_known is None
+    assert EpisodeRecord.from_dict({k: v for k, v in record.to_dict().items() if k != "n_facts_known"}).n_facts_known is None

@@ -141,6 +141,18 @@ def test_stop_strings_cut_text(backend: TransformersBackend) -> None:
         assert got.text == truncate_at_stop(ref.text, (stop,))[0]
 
 
+def test_empty_generation_is_returned_not_raised(backend: TransformersBackend) -> None:
+    # The documented contract for local models: ending at once is a real (empty) output, unlike a remote
+    # server's null content, which the OpenAI-compatible backend raises.
+    eos, pad = backend._eos_ids[0], backend._pad_id
+    g = backend._finish_row([5, 6, 7], [eos, pad, pad], [-0.5, 0.0, 0.0], SamplingParams(logprobs=True))
+    assert (g.text, g.finish_reason, g.usage["completion_tokens"]) == ("", "stop", 1)
+    assert g.token_logprobs == [-0.5]
+    full = backend.generate([CHATS[0]], SamplingParams(max_new_tokens=8))[0].text
+    stopped = backend.generate([CHATS[0]], SamplingParams(max_new_tokens=8, stop=(full[:1],)))[0]
+    assert (stopped.text, stopped.finish_reason) == ("", "stop")
+
+
 def test_logprobs(backend: TransformersBackend) -> None:
     import math
 

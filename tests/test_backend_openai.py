@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import itertools
 import json
 import logging
 import threading
@@ -22,7 +23,9 @@ import httpx
 import pytest
 
 from mediq_env.backends.base import Chat, SamplingParams
+from mediq_env.backends.factory import make_backend
 from mediq_env.backends.openai_compat import (
+    EmptyCompletionError,
     OpenAICompatBackend,
     build_request_body,
     parse_chat_completion,
@@ -33,6 +36,8 @@ from mediq_env.errors import BackendError, BackendResponseError, BackendTimeoutE
 SECRET = "sk-test-SECRET-4f9a1c"
 KEY_ENV = "MEDIQ_TEST_OPENAI_KEY"
 CLIENT_TIMEOUT = 0.4
+EMPTY_CONTENT: dict[str, str | None] = {"null": None, "empty": "", "blank": " \n "}
+SETTINGS_ENV = ("MEDIQ_OPENAI_TIMEOUT", "MEDIQ_OPENAI_MAX_RETRIES", "MEDIQ_OPENAI_MAX_RETRY_AFTER")
 
 
 def chat(marker: str) -> Chat:
@@ -41,10 +46,11 @@ def chat(marker: str) -> Chat:
 
 class FakeServer:
     """``/v1/chat/completions`` with a per-marker fault plan: ``faults[marker]`` lists what each successive
-    attempt for that marker gets (``ok`` once the list runs out)."""
+    attempt for that marker gets (``default``, normally ``ok``, once the list runs out)."""
 
     def __init__(self) -> None:
         self.faults: dict[str, list[str]] = {}
+        self.default = "ok"
         self.attempts: dict[str, list[float]] = defaultdict(list)
         self.auth: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
@@ -67,7 +73,7 @@ class FakeServer:
                     attempt = len(fake.attempts[marker])
                     fake.attempts[marker].append(time.monotonic())
                     plan = fake.faults.get(marker, [])
-                    fault = plan[attempt] if attempt < len(plan) else "ok"
+                    fault = plan[attempt] if attempt < len(plan) else fake.default
                 # The client may have given up on a slow answer, as intended.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._serve(fault, marker, body)
@@ -115,6 +121,12 @@ class FakeServer:
                 elif fault == "reset":
                     self.close_connection = True
                     return  # no response at all
+                elif fault in EMPTY_CONTENT:
+                    # A well-formed 200 with no text, as some servers send for refusals or spent budgets.
+                    message = {"role": "assistant", "content": EMPTY_CONTENT[fault]}
+                    empty = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+                    self._send(200, json.dumps(empty).encode())
+                    return
                 text = f"echo:{marker}|seed={body.get('seed')}"
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -147,6 +159,13 @@ class FakeServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own $MEDIQ_OPENAI_* must not change what these tests measure.
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -353,7 +372,6 @@ def test_parse_chat_completion() -> None:
     assert g.text == "yes " and g.finish_reason == "stop"
     assert g.tokens == ["yes", " END"] and g.token_logprobs == [-0.25, -1.0]
     assert g.usage == {"prompt_tokens": 4, "completion_tokens": 2}
-    assert parse_chat_completion({"choices": [{"message": {"content": None}}]}, SamplingParams()).text == ""
     bad: Any
     for bad in ([], {}, {"choices": []}, {"choices": [{}]}, {"choices": [{"message": {"content": 3}}]}):
         with pytest.raises(ValueError):
@@ -451,3 +469,148 @@ def test_empty_batch_makes_no_request() -> None:
         raise AssertionError("no request expected")
 
     assert mock_backend(handler).generate([], SamplingParams()) == []
+
+
+# --------------------------------------------------------------------------- empty completions
+
+
+@pytest.mark.parametrize("fault", sorted(EMPTY_CONTENT))
+def test_empty_completion_is_retried_then_raised(server: FakeServer, fault: str) -> None:
+    # Returning "" here let the doctor fall back to letter A on every turn of a run reported as 0 failed.
+    server.faults = {"gone": [fault] * 10, "ok-1": []}
+    backend = make(server, max_retries=2)
+    with pytest.raises(BackendResponseError, match="empty completion") as info:
+        backend.generate([chat("ok-1"), chat("gone")], SamplingParams())
+    assert len(server.attempts["gone"]) == 3  # retried like any transient failure, then raised
+    assert "gave up after 3 attempts" in str(info.value)
+
+
+def test_empty_completion_then_text_succeeds(server: FakeServer) -> None:
+    server.faults = {"flaky": ["null", "empty", "blank"]}
+    gens = make(server, max_retries=3).generate([chat("flaky"), chat("steady")], SamplingParams(seed=1))
+    assert [g.text for g in gens] == ["echo:flaky|seed=1", "echo:steady|seed=1"]
+    assert len(server.attempts["flaky"]) == 4
+
+
+def test_parse_chat_completion_rejects_empty_content() -> None:
+    def body(content: Any, **message: Any) -> dict[str, Any]:
+        return {"choices": [{"message": {"content": content, **message}, "finish_reason": "length"}]}
+
+    for content in (None, "", "  \n\t"):
+        with pytest.raises(EmptyCompletionError, match="empty completion"):
+            parse_chat_completion(body(content), SamplingParams())
+    with pytest.raises(EmptyCompletionError, match=r"refusal='I cannot help'.*more max_tokens"):
+        parse_chat_completion(body(None, refusal="I cannot help"), SamplingParams())
+    # Text that *our* stop cut to nothing is the model's real output (a server that ignored `stop`), so it is
+    # returned like a local backend returns it.
+    g = parse_chat_completion(body("END of it"), SamplingParams(stop=("END",)))
+    assert g.text == "" and g.finish_reason == "stop"
+
+
+def test_benchmark_counts_empty_completions_as_failed_episodes(
+    server: FakeServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import make_agent
+    from benchmarks.run import BenchConfig, run_benchmark
+
+    server.default = "null"  # every request, whatever its prompt
+    agent = make_agent(
+        "llm:openai:fake-model",
+        backend_options={"base_url": server.base_url, "api_key_env": None, "max_retries": 1, "backoff": 0.01},
+    )
+    config = BenchConfig(
+        agent="openai:fake-model", limit=2, max_questions=1, modes=("interactive",), scorer="none"
+    )
+    summary = run_benchmark(config, tmp_path / "run", agent=agent, progress=False)
+    inter = summary["modes"]["interactive"]
+    assert inter["episodes"] == 2 and inter["failed"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert all("empty completion" in row["error"] for row in rows)
+
+
+# --------------------------------------------------------------------------- timeout, retries, Retry-After cap
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIQ_OPENAI_TIMEOUT", "2.5")
+    monkeypatch.setenv("MEDIQ_OPENAI_MAX_RETRIES", "0")
+    monkeypatch.setenv("MEDIQ_OPENAI_MAX_RETRY_AFTER", "7")
+    b = OpenAICompatBackend("m", "http://x/v1")
+    assert (b.timeout, b.max_retries, b.max_retry_after) == (2.5, 0, 7.0)
+    assert b._client.timeout.read == 2.5
+    explicit = OpenAICompatBackend("m", "http://x/v1", timeout=1, max_retries=3, max_retry_after=0)
+    assert (explicit.timeout, explicit.max_retries, explicit.max_retry_after) == (1.0, 3, 0.0)
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name)
+    d = OpenAICompatBackend("m", "http://x/v1")
+    assert (d.timeout, d.max_retries, d.max_retry_after) == (60.0, 5, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MEDIQ_OPENAI_TIMEOUT", "soon"),
+        ("MEDIQ_OPENAI_TIMEOUT", "0"),
+        ("MEDIQ_OPENAI_TIMEOUT", "-1"),
+        ("MEDIQ_OPENAI_TIMEOUT", "inf"),
+        ("MEDIQ_OPENAI_TIMEOUT", "nan"),
+        ("MEDIQ_OPENAI_MAX_RETRIES", "-1"),
+        ("MEDIQ_OPENAI_MAX_RETRIES", "1.5"),
+        ("MEDIQ_OPENAI_MAX_RETRIES", "three"),
+        ("MEDIQ_OPENAI_MAX_RETRY_AFTER", "-0.5"),
+        ("MEDIQ_OPENAI_MAX_RETRY_AFTER", "forever"),
+        ("MEDIQ_OPENAI_MAX_RETRY_AFTER", "inf"),
+    ],
+)
+def test_bad_setting_in_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"\\${name} must be .*{value!r}"):
+        OpenAICompatBackend("m", "http://x/v1")
+    monkeypatch.setenv("MEDIQ_OPENAI_BASE_URL", "http://x/v1")
+    with pytest.raises(ConfigError, match=name):
+        make_backend("openai:m")
+
+
+def test_hung_server_times_out_after_timeout_times_attempts(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "sleep" holds the answer for 1 s (bounded, so the server's threads end); the client gives up sooner.
+    server.faults = {"hung": ["sleep"] * 10}
+    monkeypatch.setenv("MEDIQ_OPENAI_TIMEOUT", "0.15")
+    monkeypatch.setenv("MEDIQ_OPENAI_MAX_RETRIES", "2")
+    backend = make_backend("openai:fake-model", base_url=server.base_url, api_key_env=None, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(BackendTimeoutError, match=r"timed out after 0\.15s.*gave up after 3 attempts"):
+        backend.generate([chat("hung")], SamplingParams())
+    elapsed = time.monotonic() - start
+    assert len(server.attempts["hung"]) == 3
+    assert 3 * 0.15 <= elapsed < 3 * 0.15 + 0.6  # timeout x attempts, plus small backoffs
+
+
+def test_huge_retry_after_waits_at_most_the_cap(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.faults = {"a": ["429:100000", "429:100000"], "b": ["429:100000"]}
+    monkeypatch.setenv("MEDIQ_OPENAI_MAX_RETRY_AFTER", "0.3")
+    backend = make_backend(
+        "openai:fake-model", base_url=server.base_url, api_key_env=None, backoff=0.01, max_backoff=0.01
+    )
+    result: list[Any] = []
+    # In a thread with a deadline, so a cap that is not applied fails the test instead of stalling it.
+    worker = threading.Thread(
+        target=lambda: result.append(backend.generate([chat("a"), chat("b")], SamplingParams(seed=0))),
+        daemon=True,
+    )
+    with caplog.at_level(logging.WARNING, logger="mediq_env.backends.openai_compat"):
+        worker.start()
+        worker.join(timeout=5)
+    assert not worker.is_alive(), "Retry-After was not capped"
+    assert [g.text for g in result[0]] == ["echo:a|seed=0", "echo:b|seed=0"]
+    for marker in ("a", "b"):
+        times = server.attempts[marker]
+        gaps = [t1 - t0 for t0, t1 in itertools.pairwise(times)]
+        assert gaps and all(0.28 <= gap < 1.0 for gap in gaps), (marker, gaps)
+    capped = [r for r in caplog.records if "waiting at most 0.3s" in r.getMessage()]
+    assert len(capped) == 1 and "100000" in capped[0].getMessage()  # three capped waits, one warning

@@ -256,6 +256,33 @@ def test_cache_hits_misses_and_rerun(tmp_path: Path) -> None:
     assert len(rerun) == 4
 
 
+def test_cache_drops_blank_answers_of_backends_that_raise_on_them(tmp_path: Path) -> None:
+    # A cache filled before the OpenAI-compatible backend raised on `content: null` holds "" answers; a
+    # rerun must ask again rather than replay the silent fallback.
+    path = tmp_path / "c.sqlite"
+    old = ScriptedBackend(["", "  ", "fine"], model_id="remote")
+    CachedBackend(old, path).generate([chat("a"), chat("b"), chat("c")], SamplingParams())
+
+    class Remote(ScriptedBackend):
+        empty_text_is_error = True
+
+    fixed = Remote(["answer a", "answer b"], model_id="remote")
+    cached = CachedBackend(fixed, path)
+    out = cached.generate([chat("a"), chat("b"), chat("c")], SamplingParams())
+    assert [g.text for g in out] == ["answer a", "answer b", "fine"]
+    assert (cached.hits, cached.misses) == (1, 2) and len(fixed.calls) == 1
+    # The fresh answers replaced the blank ones on disk.
+    again = CachedBackend(ExplodingBackend("remote"), path).generate([chat("a"), chat("b")], SamplingParams())
+    assert [g.text for g in again] == ["answer a", "answer b"]
+    # Backends for which "" is a real output (local models) keep their cached blanks.
+    local = CachedBackend(ScriptedBackend([""], model_id="local"), tmp_path / "l.sqlite")
+    local.generate([chat("a")], SamplingParams())
+    assert (
+        CachedBackend(ExplodingBackend("local"), local.path).generate([chat("a")], SamplingParams())[0].text
+        == ""
+    )
+
+
 def test_cache_keeps_duplicate_requests_distinct(tmp_path: Path) -> None:
     inner = CountingBackend()
     cached = CachedBackend(inner, tmp_path / "c.sqlite")

@@ -121,11 +121,22 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert len(keys) == 20 and len(set(keys)) == 20
 
 
-def test_rundir_truncates_torn_tail(tmp_path):
+def _rec(key: str) -> str:
+    return json.dumps({"key": f"interactive/{key}#r0", "mode": "interactive", "case_id": key, "turns": [],
+                       "correct": False, "error": None, "questions_asked": 0})
+
+
+def test_rundir_moves_torn_tail_aside(tmp_path):
     run = RunDir(tmp_path)
-    (tmp_path / "episodes.jsonl").write_text('{"key": "a"}\n{"key": "b"}\n{"key": "c"')
-    assert set(run._load_done()) == {"a", "b"}
-    assert (tmp_path / "episodes.jsonl").read_text() == '{"key": "a"}\n{"key": "b"}\n'
+    (tmp_path / "manifest.json").write_text('{"config": {}, "cases_sha256": "0"}')
+    (tmp_path / "episodes.jsonl").write_text(f"{_rec('a')}\n{_rec('b')}\n{_rec('c')[:20]}")
+    state = run.read()
+    assert set(state.records) == {"interactive/a#r0", "interactive/b#r0"}
+    assert [d.reason for d in state.damaged] == ["half-written last line (the run was stopped mid-write)"]
+    run.repair(state, set())
+    assert (tmp_path / "episodes.jsonl").read_text() == f"{_rec('a')}\n{_rec('b')}\n"
+    side = [json.loads(line) for line in (tmp_path / "episodes.damaged.jsonl").read_text().splitlines()]
+    assert side[0]["line"] == 3 and side[0]["text"] == _rec("c")[:20]
 
 
 def test_leaderboard_and_compare(tmp_path):

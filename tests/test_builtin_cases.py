@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-from benchmarks.common import DATA_DIR
 from mediq_env import builtin_cases
 from mediq_env.case import content_words
 
@@ -32,8 +30,9 @@ def test_each_case_is_interactive():
 
 
 def test_probes_point_at_real_facts():
+    from benchmarks.probes import load_probes
+
     cases = {c.id: c for c in builtin_cases()}
-    probes = [json.loads(line) for line in (DATA_DIR / "patient_probes.jsonl").read_text().splitlines() if line]
+    probes = [p for p in load_probes(["builtin"]) if p.kind == "targeted"]
     assert len(probes) >= 4 * len(cases)
-    for p in probes:
-        assert 0 <= p["fact_index"] < len(cases[p["case_id"]].facts)
+    assert {p.case_id for p in probes} == set(cases)

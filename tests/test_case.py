@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediq_env import Case, CaseFormatError, derive_initial_info, load_cases, read_cases
-from mediq_env.case import initial_info_overlap
+from mediq_env.case import content_words, initial_info_overlap
 from tests.conftest import good_record
 
 
@@ -208,3 +208,129 @@ def test_public_files_load_with_known_quirks(shared_data: Path):
     assert all(e.field == "atomic_facts" for e in medqa.errors)
     assert medqa.quirks["integer id"] == 1272
     assert not any(re.match(r"\d{1,3}\.\s", f) for c in medqa.cases for f in c.facts)
+
+
+# -- key facts (issues 12 and 13) -------------------------------------------------------------------------
+
+
+def test_key_facts_are_reindexed_when_a_blank_fact_is_dropped(write_jsonl):
+    facts = ["The patient is 40 years old.", "   ", "The patient smokes.", "The patient has lost 6 kg."]
+    (case,) = read_cases(write_jsonl([good_record(atomic_facts=facts, key_facts=[2, 3])])).cases
+    assert [case.facts[i] for i in case.key_facts] == ["The patient smokes.", "The patient has lost 6 kg."]
+
+
+def test_key_fact_on_a_blank_fact_is_refused(write_jsonl):
+    facts = ["The patient is 40 years old.", "", "The patient smokes."]
+    (err,) = read_cases(write_jsonl([good_record(atomic_facts=facts, key_facts=[1])])).errors
+    assert err.field == "key_facts" and "blank fact" in err.message
+
+
+@pytest.mark.parametrize(("key_facts", "fragment"), [([9], "out of range"), ([-1], "out of range"), ([0, 0], "more than once")])
+def test_key_fact_errors_name_the_key_facts_field(write_jsonl, key_facts, fragment):
+    (err,) = read_cases(write_jsonl([good_record(key_facts=key_facts)])).errors
+    assert err.field == "key_facts" and fragment in err.message
+    assert str(err).startswith(f"{err.path}:1: key_facts: ")
+
+
+def test_model_level_key_fact_error_names_the_field():
+    from mediq_env.case import _pydantic_error
+
+    with pytest.raises(Exception) as info:
+        Case(**{**_fields(), "key_facts": (5,)})
+    err = _pydantic_error("f.jsonl", 3, info.value)  # type: ignore[arg-type]
+    assert err.field == "key_facts" and "index 5 is out of range" in err.message
+
+
+# -- the derived opening and known facts (issue 10, item 4) -------------------------------------------------
+
+
+def _case(facts: tuple[str, ...], options: dict | None = None) -> Case:
+    return Case(**{**_fields(), "facts": facts, "options": options or {"A": "Sleep paralysis", "B": "Stroke"}})
+
+
+def test_opening_skips_measurements_origin_meta_and_beliefs():
+    case = _case((
+        "The patient is male.", "The patient is 20 years old.", "The patient's height is 188 cm.",
+        "The patient's weight is approximately 90 kg.", "The patient is Caucasian.",
+        "The doctor asked how long it lasted.", "The patient posted about this before.",
+        "The patient wonders if it is serious.", "The patient experiences extreme dizziness during workouts.",
+    ))
+    from mediq_env.case import derive_opening
+
+    opening, known = derive_opening(case)
+    assert opening == "A 20-year-old male patient. The patient experiences extreme dizziness during workouts."
+    assert known == (0, 1, 8)
+
+
+def test_opening_never_names_an_option_and_ignores_a_relatives_age():
+    case = _case((
+        "The patient's son is 3 years old.", "The patient believes it was sleep paralysis.",
+        "The patient was diagnosed when they were 10 years old.", "The patient woke up unable to move.",
+    ))
+    opening = derive_initial_info(case)
+    assert opening.startswith("A patient. ") and "paralysis" not in opening and "son" not in opening
+
+
+def test_opening_uses_a_belief_only_when_no_symptom_exists():
+    case = _case(("The patient is 30 years old.", "The patient wonders whether kelp helps."))
+    assert derive_initial_info(case) == "A 30-year-old patient. The patient wonders whether kelp helps."
+
+
+def test_derived_openings_record_known_facts(write_jsonl):
+    bad = [good_record(id=f"b{i}", initial_info="Persistent knee swelling.") for i in range(2)]
+    for case in read_cases(write_jsonl(bad), initial_info="auto").cases:
+        assert case.initial_info == "A 40-year-old patient. The patient has lost 6 kg."
+        assert case.known_facts == (0, 2)
+
+
+def test_given_openings_state_facts_conservatively():
+    from mediq_env.case import stated_facts
+
+    opening = "A 40-year-old man who smokes has lost weight."
+    facts = ["The patient is 40 years old.", "The patient is male.", "The patient smokes 20 cigarettes a day.",
+             "The patient has lost 6 kg.", "The patient is 14 years old."]
+    assert stated_facts(opening, facts) == (0, 1)
+
+
+def test_builtin_known_facts_are_in_their_openings():
+    from mediq_env import builtin_cases
+
+    cases = builtin_cases()
+    assert sum(bool(c.known_facts) for c in cases) >= len(cases) // 2
+    for case in cases:
+        for i in case.known_facts:
+            missing = content_words(case.facts[i]) - {"male", "female"} - content_words(case.initial_info)
+            # The rule lets a long fact miss one word ("seven days ago" for "a week ago"), never more.
+            assert len(missing) <= 1, (case.id, case.facts[i])
+            assert i not in case.key_facts, (case.id, i)
+
+
+def test_leaks_and_stray_quotes_are_warnings(write_jsonl):
+    rec = good_record(atomic_facts=["The patient is 40 years old.", "Friends say it looks like pneumonia."])
+    rec["options"]["D"] = "Reflux’"
+    report = read_cases(write_jsonl([rec]))
+    assert len(report.cases) == 1 and not report.errors
+    assert any(":1: atomic_facts[1]: names option C \"Pneumonia\"" in w for w in report.warnings)
+    assert any(":1: options.D: stray quote character" in w for w in report.warnings)
+
+
+@pytest.mark.shared
+def test_askdocs_openings_are_complaints_not_demographics(shared_data: Path):
+    from mediq_env.case import _NOT_A_COMPLAINT, _option_named
+
+    cases = load_cases(shared_data / "mediq_askdocs_dev.jsonl")
+    complaints = [c.initial_info.split("patient. ", 1)[1] for c in cases if "patient. " in c.initial_info]
+    assert len(complaints) >= 200
+    assert sum(bool(_NOT_A_COMPLAINT.search(x)) for x in complaints) <= 5
+    assert not any(_option_named(c.initial_info, c.options) for c in cases)
+    assert all(c.known_facts for c in cases if "patient. " in c.initial_info)
+
+
+@pytest.mark.shared
+def test_medqa_known_facts_are_conservative(shared_data: Path):
+    cases = load_cases(shared_data / "medqa_dev.jsonl", strict=False)
+    known = [(c, i) for c in cases for i in c.known_facts]
+    assert known, "MedQA openings are the vignette's first sentence; some facts repeat it"
+    for case, i in known:
+        missing = content_words(case.facts[i]) - {"male", "female"} - content_words(case.initial_info)
+        assert len(missing) <= 1, (case.id, case.facts[i], case.initial_info)

@@ -46,11 +46,42 @@ def test_play_scripted_session():
     case = builtin_cases()[0]
     inputs = iter(["How old are you?", "/options", "Do you smoke?", f"/answer {case.answer}"])
     out = io.StringIO()
-    info = play(case.id, read=lambda _prompt: next(inputs), out=out)
+    info = play(case.id, read=lambda _prompt: next(inputs), out=out, shuffle_options=False)
     text = out.getvalue()
     assert info["correct"] is True
     assert "Patient:" in text and "You answered" in text and "correct" in text
-    assert "facts. /facts:" in text and "(key)" in text
+    assert "Facts of the case:" in text and "(key)" in text
+
+
+def test_play_marks_opening_facts_as_given_not_missed():
+    case = builtin_cases()[0]
+    assert case.known_facts, "the built-in opening states the age and sex"
+    inputs = iter([f"/answer {case.answer}"])
+    out = io.StringIO()
+    play(case.id, read=lambda _prompt: next(inputs), out=out, shuffle_options=False)
+    text = out.getvalue()
+    assert "/facts" not in text
+    for i in case.known_facts:
+        assert f"  [=] {case.facts[i]}" in text and f"  [ ] {case.facts[i]}" not in text
+    hidden = len(case.facts) - len(case.known_facts)
+    assert f"You uncovered 0 of the {hidden} facts not in the opening" in text
+
+
+def test_validate_pluralises_and_prints_warnings(write_jsonl, capsys):
+    rec = good_record(id=7, atomic_facts=["The patient is 40 years old.", "The patient thinks it is lung cancer."])
+    rec["options"]["C"] = '"Pneumonia'
+    path = write_jsonl([rec])
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "quirk: integer id: 1 record\n" in out and "1 records" not in out
+    assert f"warning: {path}:1: atomic_facts[1]: names option B \"Lung cancer\" (the answer: a leak)" in out
+    assert f"warning: {path}:1: options.C: stray quote character" in out
+
+
+def test_validate_a_directory_is_one_line(tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "is a directory" in out and "Traceback" not in out
 
 
 def test_play_runs_out_of_questions():

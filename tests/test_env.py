@@ -32,7 +32,7 @@ def test_gymnasium_make_and_fever_question():
 
 
 def test_reset_by_case_id_and_correct_answer(cases):
-    env = MediQEnv(cases)
+    env = MediQEnv(cases, shuffle_options=False)
     case = cases[3]
     _, info = env.reset(options={"case_id": case.id})
     assert info["case_id"] == case.id and info["options"] == case.options
@@ -45,11 +45,11 @@ def test_reset_by_case_id_and_correct_answer(cases):
 
 def test_step_before_reset_raises(cases):
     with pytest.raises(EnvStateError, match="before reset"):
-        MediQEnv(cases).step("hello?")
+        MediQEnv(cases, shuffle_options=False).step("hello?")
 
 
 def test_wrong_answer_and_unknown_case(cases):
-    env = MediQEnv(cases)
+    env = MediQEnv(cases, shuffle_options=False)
     case = cases[0]
     env.reset(options={"case_id": case.id})
     wrong = next(letter for letter in case.options if letter != case.answer)
@@ -61,7 +61,7 @@ def test_wrong_answer_and_unknown_case(cases):
 
 def test_questions_reveal_facts_and_budget_forces_an_answer(cases):
     case = cases[0]
-    env = MediQEnv(cases, max_questions=2, reward_fn=CorrectnessReward(question_cost=0.1))
+    env = MediQEnv(cases, max_questions=2, reward_fn=CorrectnessReward(question_cost=0.1), shuffle_options=False)
     env.reset(options={"case_id": case.id})
     _, r1, *_ , info = env.step("How old are you?")
     assert r1 == pytest.approx(-0.1)
@@ -79,14 +79,14 @@ def test_questions_reveal_facts_and_budget_forces_an_answer(cases):
 
 def test_forced_turn_answer_terminates(cases):
     case = cases[1]
-    env = MediQEnv(cases, max_questions=0)
+    env = MediQEnv(cases, max_questions=0, shuffle_options=False)
     env.reset(options={"case_id": case.id})
     _, reward, term, trunc, info = env.step(f"ANSWER: {case.answer}")
     assert term and not trunc and info["forced"] and reward == 1.0
 
 
 def test_unanswerable_question_gets_fixed_reply(cases):
-    env = MediQEnv(cases)
+    env = MediQEnv(cases, shuffle_options=False)
     env.reset(options={"case_id": cases[0].id})
     *_, info = env.step("Tell me everything about your whole life.")
     assert info["reply"] == CANNOT_ANSWER and info["new_facts"] == []
@@ -95,12 +95,12 @@ def test_unanswerable_question_gets_fixed_reply(cases):
 def test_same_seed_same_episode(cases):
     def run(seed):
         env = MediQEnv(cases, shuffle_options=True)
-        obs, info = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         trace = [obs]
         for q in ["How old are you?", "Do you smoke?", "Any medicines?"]:
             obs, *_ = env.step(q)
             trace.append(obs)
-        return trace, info["option_order"]
+        return trace, env.grader.option_order
 
     assert run(7) == run(7)
     assert run(7) != run(8)
@@ -110,7 +110,7 @@ def test_shuffled_options_keep_the_answer(cases):
     env = MediQEnv(cases, shuffle_options=True)
     for seed in range(10):
         _, info = env.reset(seed=seed)
-        case = env.case
+        case = env.grader.case
         original = next(c for c in cases if c.id == case.id)
         assert case.answer_text == original.answer_text
         *_, info = env.step(f"ANSWER: {case.answer}")
@@ -118,16 +118,16 @@ def test_shuffled_options_keep_the_answer(cases):
 
 
 def test_observation_charset_admits_clinical_text(cases):
-    env = MediQEnv(cases)
+    env = MediQEnv(cases, shuffle_options=False)
     text = "Temp 38.5 °C, 5 µg/mL, café-au-lait spots, patient’s “worst” pain ≥ 8/10 — naïve"
     assert env.observation_space.contains(text)
     assert env.action_space.contains("Any fever ≥ 38 °C?")
 
 
 def test_info_is_structured(cases):
-    env = MediQEnv(cases)
+    env = MediQEnv(cases, shuffle_options=False)
     _, info = env.reset(seed=1)
-    for key in ["turn", "questions_left", "case_id", "options", "facts_revealed", "n_facts_revealed", "reward_components", "state"]:
+    for key in ["turn", "questions_left", "case_id", "options", "new_facts", "n_facts_revealed", "reward_components", "state"]:
         assert key in info
     assert info["state"].initial_info in env._last_obs
 
@@ -140,7 +140,7 @@ def test_batched_env_calls_the_patient_once_per_turn(cases):
             calls.append(len(queries))
             return super().reply_batch(queries)
 
-    batch = BatchedEnv(4, cases, patient=CountingPatient())
+    batch = BatchedEnv(4, cases, patient=CountingPatient(), shuffle_options=False)
     batch.reset(case_ids=[c.id for c in cases[:4]])
     results = batch.step(["How old are you?", "Do you smoke?", f"ANSWER: {cases[2].answer}", "Any allergies?"])
     assert calls == [3]
@@ -156,13 +156,130 @@ def test_batched_matches_single(cases):
     questions = ["How old are you?", "Do you take any medication?", "Any family history of illness?"]
     single = []
     for c in cases[:3]:
-        env = MediQEnv(cases)
+        env = MediQEnv(cases, shuffle_options=False)
         env.reset(options={"case_id": c.id})
         single.append([env.step(q)[0] for q in questions])
-    batch = BatchedEnv(3, cases)
+    batch = BatchedEnv(3, cases, shuffle_options=False)
     batch.reset(case_ids=[c.id for c in cases[:3]])
     batched = [[], [], []]
     for q in questions:
         for i, r in enumerate(batch.step([q] * 3)):
             batched[i].append(r.observation)
     assert batched == single
+
+
+# -- reset options are validated before anything changes (issues 14 and 15) --------------------------------
+
+
+def test_refused_reset_changes_nothing(cases):
+    env = MediQEnv(cases)
+    env.reset(seed=3)
+    before = (env.grader, env.np_random.bit_generator.state)
+    with pytest.raises(ConfigError, match="no case with id"):
+        env.reset(seed=99, options={"case_id": "nope"})
+    assert (env.grader, env.np_random.bit_generator.state) == before
+    env.step("Do you smoke?")  # the running episode goes on
+
+
+def test_env_made_by_gymnasium_survives_a_refused_reset_with_the_checker_off():
+    env = gymnasium.make(mediq_env.ENV_ID, disable_env_checker=True)
+    with pytest.raises(ConfigError):
+        env.reset(options={"case_id": "nope"})
+    env.reset(seed=0)
+    *_, info = env.step("Do you have a fever?")
+    assert isinstance(info["reply"], str)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="Gymnasium 1.x's PassiveEnvChecker marks reset as checked before the env's first reset returns, "
+    "so any refused first reset breaks the next step; needs mediq_env/__init__.py to register the env with "
+    "disable_env_checker=True (test_check_env_passes runs the same checks). Remove this marker then.",
+)
+def test_env_made_by_gymnasium_survives_a_refused_first_reset():
+    env = gymnasium.make(mediq_env.ENV_ID)
+    with pytest.raises(ConfigError):
+        env.reset(options={"case_id": "nope"})
+    env.reset(seed=0)
+    *_, info = env.step("Do you have a fever?")
+    assert isinstance(info["reply"], str)
+
+
+def test_case_index_selects_exactly(cases):
+    env = MediQEnv(cases)
+    _, info = env.reset(options={"case_index": 2})
+    assert info["case_id"] == cases[2].id
+    import numpy as np
+
+    _, info = env.reset(options={"case_index": np.int64(4)})
+    assert info["case_id"] == cases[4].id
+
+
+# -- the doctor sees only what a doctor may see (issue 17) ---------------------------------------------------
+
+GRADING_KEYS = {"option_order", "n_facts", "n_facts_known", "facts_revealed", "correct", "correct_answer", "answer_original"}
+
+
+def test_shuffling_is_the_default():
+    import inspect
+
+    assert inspect.signature(MediQEnv).parameters["shuffle_options"].default is True
+    env = gymnasium.make(mediq_env.ENV_ID)
+    assert env.unwrapped.shuffle_options is True  # type: ignore[attr-defined]
+    orders = set()
+    for seed in range(8):
+        env.reset(seed=seed, options={"case_index": 0})
+        orders.add(env.unwrapped.grader.option_order)  # type: ignore[attr-defined]
+    assert len(orders) > 1
+
+
+def test_info_before_the_end_carries_no_grading_data(cases):
+    env = MediQEnv(cases, max_questions=2)
+    _, info = env.reset(seed=0)
+    assert GRADING_KEYS.isdisjoint(info)
+    *_, info = env.step("Do you smoke?")
+    assert GRADING_KEYS.isdisjoint(info)
+    grader = env.grader
+    *_, terminated, _, info = env.step(f"ANSWER: {grader.case.answer}")
+    assert terminated and info["correct"] and list(grader.option_order) == info["option_order"]
+    assert info["n_facts"] == grader.n_facts and info["n_facts_known"] == len(grader.known_facts)
+
+
+def test_grader_view(cases):
+    env = MediQEnv(cases)
+    with pytest.raises(EnvStateError):
+        _ = env.grader
+    env.reset(seed=5)
+    g = env.grader
+    assert "must not" in (type(g).__doc__ or "")
+    assert g.original_case.id == g.case.id and g.case.answer_text == g.original_case.answer_text
+    assert g.original_case.options[g.option_order[0]] == g.case.options["A"]
+    assert g.known_facts == g.original_case.known_facts and g.revealed == ()
+    with pytest.raises(AttributeError):
+        g.revealed = (1,)  # type: ignore[misc]
+    with pytest.warns(DeprecationWarning, match="env.grader.case"):
+        assert env.case == g.case
+
+
+def test_known_facts_are_never_new_and_not_counted(cases):
+    case = cases[0]
+    assert 0 in case.known_facts  # "The patient is 41 years old." is in the opening
+    env = MediQEnv(cases, shuffle_options=False)
+    env.reset(options={"case_id": case.id})
+    *_, info = env.step("How old are you?")
+    assert info["reply"] != mediq_env.CANNOT_ANSWER and info["new_facts"] == [] and info["n_facts_revealed"] == 0
+    *_, info = env.step(f"ANSWER: {case.answer}")
+    assert info["n_facts_known"] == len(case.known_facts) and info["n_facts_revealed"] == 0
+    assert 0 not in env.grader.revealed
+
+
+def test_batched_env_knows_the_opening_facts_too(cases):
+    case = cases[0]
+    batch = BatchedEnv(2, cases, shuffle_options=False)
+    _, infos = batch.reset(case_ids=[case.id, cases[1].id])
+    assert all(GRADING_KEYS.isdisjoint(i) for i in infos)
+    results = batch.step(["How old are you?", "How old are you?"])
+    assert results[0].info["new_facts"] == [] and results[0].info["n_facts_revealed"] == 0
+    results = batch.step([f"ANSWER: {case.answer}", f"ANSWER: {cases[1].answer}"])
+    assert results[0].info["n_facts_known"] == len(case.known_facts)

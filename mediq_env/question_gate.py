@@ -1,0 +1,187 @@
+"""The question-form gate: is a doctor's action one specific question a patient could answer?
+
+A retrieval patient answers whatever shares words with its facts, so an action that is not a real question
+— a list of keywords, "tell me everything", a statement, several questions at once, a guess at the answer
+option — would otherwise be paid in facts. The gate runs before any retrieval: an action it rejects gets a
+fixed in-character request for one specific question (:data:`ASK_ONE_QUESTION`) and reveals nothing.
+
+The rules are deliberately about *form*, never about which facts the case holds, so they cannot leak
+anything about the case. They were written against the adversarial probes of the calibration half of the
+probe set (``benchmarks/data/probes``) and the real clinician questions' style; the test half measures them.
+
+Verdicts (:class:`GateVerdict`): ``ok`` or one of
+
+* ``empty``      — nothing but punctuation, symbols or control characters;
+* ``keywords``   — a run of content words with no question or request structure ("pain fever cough days");
+* ``gibberish``  — the same content word three times, or words fused with symbols ("FeverSmoke] fever");
+* ``catchall``   — asks for everything at once ("tell me everything", "any other details?");
+* ``statement``  — a declaration with no question in it ("You have a migraine.");
+* ``multi``      — two or more questions in one action ("Do you smoke? Any fever?");
+* ``option``     — asks about the answer options ("Is it B?", "Could this be <option text>?").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question"]
+
+ASK_ONE_QUESTION = "I'm not sure what you're asking. Could you ask me one specific question?"
+"""The patient's reply to an action the gate rejects (in character; reveals nothing)."""
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+# Words that open a question or a request to the patient. Auxiliaries cover yes/no questions ("Do you…",
+# "Has it…"); "any"/"anything" cover the clipped clinical style ("Any fever?").
+_INTERROGATIVE = frozenset(
+    ["what", "when", "where", "which", "who", "whom", "whose", "why", "how", "do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "would", "will", "should", "shall", "may", "might", "must", "any", "anything", "have", "anyone"]
+)
+_REQUEST = frozenset(["tell", "describe", "explain", "show", "let", "give", "walk", "talk", "list", "share"])
+_FUNCTION = frozenset(
+    ["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with", "from", "about", "as", "into", "over", "after", "before", "since", "than", "i", "you", "your", "yours", "he", "she", "it", "they", "them", "their", "his", "her", "its", "we", "our", "my", "me", "this", "that", "these", "those", "there", "here", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has", "had", "can", "could", "would", "will", "should", "may", "might", "must", "not", "no", "any", "some", "how", "what", "when", "where", "which", "who", "why", "if", "so"]
+)
+_PRONOUN_AFTER_AUX = frozenset(["you", "it", "they", "he", "she", "there", "this", "that", "your", "anyone", "anything", "the", "any", "we"])
+_AUX = frozenset(["do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "would", "will", "should", "may", "might"])
+
+_CATCHALL = re.compile(
+    r"\b(?:everything|every\s+(?:detail|symptom|thing)|all\s+(?:of\s+)?(?:your|the|my)?\s*"
+    r"(?:symptoms|details|history|information|info|facts|problems|issues|complaints|medical\s+history)"
+    r"|anything\s+(?:else|more|at\s+all)|what\s+else|any(?:thing)?\s+(?:other|more|further|additional)\s+"
+    r"(?:details?|information|info|things?|symptoms?|facts|issues|problems|complaints|concerns|history)"
+    r"|(?:full|whole|complete|entire)\s+(?:story|history|picture|details?|rundown|account)"
+    r"|more\s+(?:details?|information|info)|all\s+you\s+(?:know|can)|the\s+rest|what(?:'s|\s+is)\s+going\s+on"
+    r"|(?:tell|say)\s+(?:me\s+)?(?:more|anything|something)(?:\s+about\s+(?:yourself|it|this|that|your\s+health))?\s*[?.!]*$"
+    r"|anything\s+(?:i|we)\s+should\s+know|whatever(?:\s+else)?\s+(?:comes|you\s+can|you\s+want))\b",
+    re.I,
+)
+_OPTION_LETTER = re.compile(
+    r"(?:\b(?:[Oo]ption|[Aa]nswer|[Cc]hoice|[Ll]etter)\s*\(?[A-Ja-j]\)?(?![A-Za-z])|^\W*\(?[A-J]\)?\W*$"
+    r"|\b(?i:is|it's|its|it\s+is|is\s+it|be|pick|choose|go\s+with)\s+\(?[A-J]\)?\s*[?.!]*$"
+    r"|\b(?i:is\s+it|it's|it\s+is|answer\s+is|go\s+with|pick|choose)\s+\(?[A-J]\)?(?=[\s,.?!)]|$)"
+    r"|\b(?i:the\s+(?:right|correct|real|final|true)\s+(?:answer|diagnosis)|the\s+answer\b|which\s+(?:option|choice|one\s+is)))",
+)
+_GUESS = re.compile(
+    r"\b(?:is\s+(?:it|this|that)|could\s+(?:it|this|that)\s+be|might\s+(?:it|this|that)\s+be|"
+    r"(?:do|did)\s+you\s+think|have\s+you\s+(?:got|been\s+diagnosed\s+with)|"
+    r"are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|sounds\s+like|probably|the\s+answer|diagnosis|"
+    r"shall\s+(?:we|i)|should\s+(?:we|i)|let's|would\s+.{1,60}\s+(?:help|work|fix|cure|be\s+(?:the\s+)?(?:right|best|correct))|"
+    r"right\s+(?:choice|option|treatment|drug|medicine)|best\s+(?:choice|option|treatment))\b",
+    re.I,
+)
+_FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
+# A new interrogative clause inside the action: after a question mark, a semicolon, or a conjunction
+# ("…, and did it start suddenly?"). One question with an "or" between two nouns is not matched.
+_CLAUSE_BREAK = re.compile(
+    r"\?+\s*|;\s*|,?\s+(?:and|also|plus|then)\s+"
+    r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
+    r"(?=(?:(?:{})\s+(?:you|it|he|she|they|there|this|that|the|your|anyone|we|i)\b|(?:what|when|where|which|who|why|how)\s))".format(
+        "|".join(sorted(_AUX))
+    ),
+    re.I,
+)
+# "Did he fall or hurt himself?" and "Is it sharp, or is it dull?" offer alternatives within one question,
+# so "or" never starts a new clause.
+_CONTRACTION = {
+    "what's": "what", "how's": "how", "where's": "where", "who's": "who", "when's": "when", "that's": "that",
+    "isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "don't": "do", "doesn't": "does",
+    "didn't": "did", "haven't": "have", "hasn't": "has", "hadn't": "had", "can't": "can", "couldn't": "could",
+    "wouldn't": "would", "won't": "will", "shouldn't": "should", "it's": "it", "you're": "you", "you've": "you",
+    "youve": "you", "youre": "you", "dont": "do", "didnt": "did", "doesnt": "does", "whats": "what", "hows": "how",
+}
+_SPECIFIC_AFTER_CATCHALL = re.compile(r"\b(?:like|such\s+as|e\.g\.|including|especially|for\s+example)\b|\(", re.I)
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether the action passed the gate, and why not."""
+
+    ok: bool
+    reason: str = "ok"
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+_OK = GateVerdict(True)
+
+
+def _words(text: str) -> list[str]:
+    words = [w.lower().replace("’", "'").strip("'-") for w in _WORD.findall(text)]
+    return [_CONTRACTION.get(w, w) for w in words]
+
+
+def _content(words: list[str]) -> list[str]:
+    return [w for w in words if w not in _FUNCTION and len(w) > 1]
+
+
+def _is_question_clause(words: list[str], raw: str) -> bool:
+    """A clause that opens like a question or a request, or a clipped one ending in '?' ("Fever or chills?")."""
+    if not words:
+        return False
+    first = words[0]
+    if first in _INTERROGATIVE or first in _REQUEST:
+        return True
+    if first in ("please", "so", "and", "also", "now", "okay", "ok", "well", "then", "doctor", "sir", "ma'am") and len(words) > 1:
+        return _is_question_clause(words[1:], raw)
+    # "And you said the pain started when?" / "The pain started when?": a question mark with an
+    # interrogative inside the clause.
+    if not raw.rstrip().endswith("?"):
+        return False
+    content = _content(words)
+    # A clipped question is a short phrase held together by function words ("Family history of heart
+    # disease?", "Fever or chills?"); three or more bare nouns with a question mark are a keyword list.
+    return any(w in _INTERROGATIVE for w in words) or len(content) <= 2 or (
+        len(content) <= 6 and "," not in raw and any(w in _FUNCTION for w in words)
+    )
+
+
+def _clauses(text: str) -> list[str]:
+    parts = [p.strip(" ,.!-–—:") for p in _CLAUSE_BREAK.split(text)]
+    return [p for p in parts if _words(p)]
+
+
+def _names_option(text: str, options: Mapping[str, str]) -> bool:
+    """The action guesses at an option: it names one's text in a diagnostic-guess form."""
+    lowered = text.lower()
+    words = set(_content(_words(text)))
+    for option in options.values():
+        opt_words = _content(_words(option))
+        if not opt_words:
+            continue
+        overlap = sum(w in words for w in opt_words) / len(opt_words)
+        if (overlap >= 0.75 or option.lower() in lowered) and _GUESS.search(text):
+            return True
+    return False
+
+
+def check_question(action: str, options: Mapping[str, str] | None = None) -> GateVerdict:
+    """Judge one doctor action by its form (and, for ``option``, by the case's answer options)."""
+    text = " ".join(action.split())
+    words = _words(text)
+    if not words:
+        return GateVerdict(False, "empty")
+    if _OPTION_LETTER.search(text) or (options and _names_option(text, options)):
+        return GateVerdict(False, "option")
+    content = _content(words)
+    counts: dict[str, int] = {}
+    for w in content:
+        counts[w] = counts.get(w, 0) + 1
+    if (counts and max(counts.values()) >= 3) or _FUSED.search(text):
+        return GateVerdict(False, "gibberish")
+    if (m := _CATCHALL.search(text)) and not _SPECIFIC_AFTER_CATCHALL.search(text[m.end():]):
+        return GateVerdict(False, "catchall")
+    question_clauses = [c for c in _clauses(text) if _is_question_clause(_words(c), c + ("?" if "?" in text else ""))]
+    if not question_clauses:
+        n_function = sum(w in _FUNCTION for w in words)
+        if len(content) >= 3 and n_function <= max(1, len(words) // 6):
+            return GateVerdict(False, "keywords")
+        return GateVerdict(False, "statement")
+    # Commas between four or more bare content words with no verb structure: a list, not a question.
+    if text.count(",") >= 3 and sum(w in _FUNCTION for w in words) <= 2:
+        return GateVerdict(False, "keywords")
+    if len(question_clauses) >= 2:
+        return GateVerdict(False, "multi")
+    # A statement sentence followed by a real question is fine ("I see. When did it start?"); two question
+    # clauses were caught above.
+    return _OK

@@ -1,0 +1,83 @@
+"""The question-form gate: real clinical questions pass, non-questions are turned away (by form only)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
+
+OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Seizure"}
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How long did it last?",
+        "Any fever?",
+        "Fever or chills?",
+        "Family history of heart disease?",
+        "Do you take any regular medicines?",
+        "Does it hurt when you walk or when you rest?",
+        "Did he hurt himself or have a fall?",
+        "I see. When did it start?",
+        "Tell me about your cough.",
+        "Describe the pain.",
+        "What's your temperature been?",
+        "Was your urine tested, and what did it show?",
+        "Have you had a seizure before?",
+        "Are you having any other symptoms, like numbness or weakness?",
+    ],
+)
+def test_real_questions_pass(question: str) -> None:
+    assert check_question(question, OPTIONS).ok, check_question(question, OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        ("", "empty"),
+        ("\x00\x01\x02", "empty"),
+        ("?!...", "empty"),
+        ("patient pain doctor symptoms days", "keywords"),
+        ("pain, fever, cough, rash, headache", "keywords"),
+        ("pain fever cough rash?", "keywords"),
+        ("FeverSmoke] fever fever", "gibberish"),
+        ("cough cough cough cough", "gibberish"),
+        ("Tell me everything.", "catchall"),
+        ("Can you describe all of your symptoms in detail?", "catchall"),
+        ("Is there anything else I should know?", "catchall"),
+        ("Any other symptoms?", "catchall"),
+        ("You have a migraine.", "statement"),
+        ("Do you smoke? Any fever?", "multi"),
+        ("When did this problem first begin, and did it come on suddenly or gradually?", "multi"),
+        ("Is it B?", "option"),
+        ("B", "option"),
+        ("Is it D, the last one?", "option"),
+        ("What is the answer?", "option"),
+        ("Could this be sleep paralysis?", "option"),
+        ("Would a seizure explain this?", "ok"),  # names an option without a guess form: a real question
+    ],
+)
+def test_non_questions_are_turned_away(action: str, reason: str) -> None:
+    verdict = check_question(action, OPTIONS)
+    assert verdict.reason == reason, (action, verdict)
+    assert bool(verdict) == (reason == "ok")
+
+
+def test_gate_reply_is_in_character_and_reveals_nothing() -> None:
+    from mediq_env import builtin_cases
+    from mediq_env.patient import FaithfulPatient
+
+    case = builtin_cases()[0]
+    reply = FaithfulPatient().reply(case, "fever cough smoking medication allergies family")
+    assert reply.text == ASK_ONE_QUESTION and reply.revealed == () and reply.meta["gate"] == "keywords"
+
+
+def test_gate_passes_most_real_clinician_questions(shared_data) -> None:  # type: ignore[no-untyped-def]
+    """On the real AskDocs clinician questions (many are genuinely several questions or advice), most pass."""
+    import json
+
+    path = shared_data / "askdocs_questions_eval.jsonl"
+    questions = [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    passed = sum(check_question(q).ok for q in questions)
+    assert passed / len(questions) >= 0.8
