@@ -431,6 +431,8 @@ class RunDir:
     # reading (never writes) ---------------------------------------------------------------------------
 
     def read(self) -> RunState:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is not a directory; use another --out")
         state = RunState(manifest=self._read_manifest())
         self._read_episodes(state)
         if state.manifest is None and state.records:
@@ -452,8 +454,8 @@ class RunDir:
         path = self.manifest_path
         try:
             text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a new run (if the directory cannot be created either, that is said when it is)
         except UnicodeDecodeError as exc:
             raise self._damaged_manifest(f"not UTF-8 text at byte {exc.start}") from None
         except OSError as exc:
@@ -479,7 +481,7 @@ class RunDir:
     def _read_episodes(self, state: RunState) -> None:
         try:
             raw = self.episodes_path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
             raise RunDirError(f"cannot read {self.episodes_path}: {_oserror(exc)}") from None
@@ -732,6 +734,9 @@ def run_benchmark(
     run.check(state, config, digest)
     specs = episode_specs(cases, config)
     plan = plan_episodes(specs, state, config.max_attempts)
+    if plan.gave_up:
+        _note(f"{len(plan.gave_up)} failed episode(s) not retried: each already failed {config.max_attempts} "
+              "times (--max-attempts)")
     built: dict[str, Any] = {}
     if plan.todo:
         built = _build(config, agent, patient)  # before writing anything
@@ -754,9 +759,6 @@ def run_benchmark(
             built = _build(config, agent, patient)
         run.write_manifest(config, digest, len(cases), skipped)
         run.repair(state, plan.retry)
-        if plan.gave_up:
-            _note(f"{len(plan.gave_up)} failed episode(s) not retried: each already failed {config.max_attempts} "
-                  "times (--max-attempts)")
         if plan.todo:
             done = len(specs) - len(plan.todo)
             if done or plan.retry:

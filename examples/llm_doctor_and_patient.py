@@ -1,10 +1,12 @@
 """A language-model doctor interviewing a language-model patient on built-in cases, transcripts printed.
 
-Both roles share one backend (the offline SmolLM2-135M by default); the doctor uses MediQ's implicit
-strategy, the patient selects the facts that answer each question. All episodes run together: each turn
-is one batched generation per role.
+The doctor is a language model (the offline SmolLM2-135M by default) using MediQ's implicit strategy.
+The patient is the faithful default (question-form gate, then a learned decision per fact, abstaining when
+none answers) or, with ``--patient llm``, the same language model selecting the facts that answer each
+question. All episodes run together: each turn is one batched generation per role.
 
-    python examples/llm_doctor_and_patient.py                      # SmolLM2, 3 cases, 3 questions
+    python examples/llm_doctor_and_patient.py                      # SmolLM2 doctor, faithful patient
+    python examples/llm_doctor_and_patient.py --patient llm        # SmolLM2 plays the patient too
     python examples/llm_doctor_and_patient.py --backend hf:<model> --cases 5 --max-questions 5
 
 SmolLM2-135M is tiny: expect format slips that the agent's documented fallbacks absorb (shown in the
@@ -17,7 +19,7 @@ import argparse
 
 from agents import LLMAgent
 from agents.rollout import EpisodeSpec, rollout
-from mediq_env import BatchedEnv, builtin_cases
+from mediq_env import BatchedEnv, builtin_cases, make_patient
 from mediq_env.backends.factory import make_backend
 from mediq_env.llm_patient import LLMPatient
 
@@ -27,11 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="smollm2", help="backend spec (smollm2, hf:<id>, openai:<model>, scripted)")
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--max-questions", type=int, default=3)
+    parser.add_argument("--patient", choices=["faithful", "llm", "bm25"], default="faithful")
     args = parser.parse_args(argv)
 
     backend = make_backend(args.backend)
     cases = builtin_cases()[: args.cases]
-    envs = BatchedEnv(len(cases), cases, patient=LLMPatient(backend, mode="select"), max_questions=args.max_questions)
+    patient = LLMPatient(backend, mode="select") if args.patient == "llm" else make_patient(args.patient)
+    envs = BatchedEnv(len(cases), cases, patient=patient, max_questions=args.max_questions)
     agent = LLMAgent(backend)
     records = sorted(rollout(agent, envs, [EpisodeSpec(c.id, seed=i) for i, c in enumerate(cases)]), key=lambda r: r.case_id)
     by_id = {c.id: c for c in cases}
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"  Doctor answers: {turn.action}")
             if turn.agent.get("fallback"):
-                print(f"           (fallback: {turn.agent['fallback']})")
+                print(f"           (fallback {turn.agent['fallback']}: {turn.agent.get('fallback_detail')})")
         print(f"  -> answer {rec.answer}, correct {rec.correct_answer}: {'right' if rec.correct else 'wrong'}; "
               f"{rec.questions_asked} questions, {rec.n_facts_revealed}/{rec.n_facts} facts revealed{'; ERROR ' + rec.error if rec.error else ''}\n")
     accuracy = sum(r.correct for r in records) / len(records)

@@ -16,7 +16,7 @@ from mediq_env.attributes import ATTRIBUTES, Attribute, register_attribute
 from mediq_env.case import Case, Demographics, LoadReport, derive_initial_info, load_cases, read_cases
 from mediq_env.cases import builtin_cases
 from mediq_env.dialogue import DialogueState, render_observation
-from mediq_env.env import MediQEnv
+from mediq_env.env import GraderView, MediQEnv
 from mediq_env.errors import (
     BackendError,
     CaseFormatError,
@@ -25,7 +25,16 @@ from mediq_env.errors import (
     MediQError,
     MissingDependencyError,
 )
-from mediq_env.patient import CANNOT_ANSWER, FactLookupPatient, Patient, PatientQuery, PatientReply, Turn
+from mediq_env.patient import (
+    CANNOT_ANSWER,
+    FactLookupPatient,
+    FaithfulPatient,
+    Patient,
+    PatientQuery,
+    PatientReply,
+    Turn,
+    make_patient,
+)
 from mediq_env.rewards import CorrectnessReward, RewardFunction, StepEvent
 from mediq_env.scoring import (
     CompositeScorer,
@@ -63,6 +72,8 @@ __all__ = [
     "EnvStateError",
     "EnvironmentScorer",
     "FactLookupPatient",
+    "FaithfulPatient",
+    "GraderView",
     "JudgeScorer",
     "LoadReport",
     "MediQEnv",
@@ -86,6 +97,7 @@ __all__ = [
     "builtin_cases",
     "derive_initial_info",
     "load_cases",
+    "make_patient",
     "parse_action",
     "read_cases",
     "register_attribute",
@@ -100,7 +112,9 @@ def register_envs() -> None:
     import gymnasium
 
     if ENV_ID not in gymnasium.registry:
-        gymnasium.register(id=ENV_ID, entry_point="mediq_env.env:MediQEnv", disable_env_checker=False)
+        # Gymnasium 1.4's passive checker marks reset as checked before the first reset returns, so a refused
+        # first reset (an unknown case id) would break the env for good; tests run check_env instead.
+        gymnasium.register(id=ENV_ID, entry_point="mediq_env.env:MediQEnv", disable_env_checker=True)
 
 
 register_envs()

@@ -46,7 +46,7 @@ from mediq_env.case import LETTERS, Case, load_cases
 from mediq_env.cases import builtin_cases
 from mediq_env.dialogue import DialogueState, render_observation
 from mediq_env.errors import ConfigError, EnvStateError
-from mediq_env.patient import FactLookupPatient, Patient, PatientQuery, PatientReply, Turn
+from mediq_env.patient import Patient, PatientQuery, PatientReply, Turn, default_patient
 from mediq_env.rewards import CorrectnessReward, RewardFunction, StepEvent
 
 __all__ = ["GraderView", "MediQEnv", "text_charset"]
@@ -118,7 +118,7 @@ class MediQEnv(gym.Env[str, Any]):
     Args:
         cases: cases to draw from — a list of :class:`Case`, a path to a cases file in any MediQ variant,
             or None for the built-in cases.
-        patient: the patient simulator (default :class:`FactLookupPatient`).
+        patient: the patient simulator (default: :func:`~mediq_env.patient.default_patient`, the faithful patient).
         max_questions: turns (questions or invalid actions) before the forced-answer turn.
         reward_fn: returns named reward components per step (default :class:`CorrectnessReward`).
         shuffle_options: re-letter each case's options at reset, using the env's RNG (default True, so a
@@ -156,7 +156,7 @@ class MediQEnv(gym.Env[str, Any]):
         self._by_id = {c.id: i for i, c in enumerate(self.cases)}
         if len(self._by_id) != len(self.cases):
             raise ConfigError("case ids must be unique")
-        self.patient: Patient = patient if patient is not None else FactLookupPatient()
+        self.patient: Patient = patient if patient is not None else default_patient()
         self.max_questions = max_questions
         self.reward_fn: RewardFunction = reward_fn if reward_fn is not None else CorrectnessReward()
         self.shuffle_options = shuffle_options

@@ -44,6 +44,7 @@ __all__ = [
     "PatientQuery",
     "PatientReply",
     "Turn",
+    "default_patient",
     "make_patient",
 ]
 
@@ -433,6 +434,13 @@ class FaithfulPatient:
     def reply(self, case: Case, question: str, history: Sequence[Turn] = ()) -> PatientReply:
         """Answer one question (a convenience over :meth:`reply_batch`)."""
         return self.reply_batch([PatientQuery(case, question, tuple(history))])[0]
+
+
+@lru_cache(maxsize=1)
+def default_patient() -> FaithfulPatient:
+    """The patient an env gets when none is given: one shared :class:`FaithfulPatient` per process (it holds
+    the MiniLM model and caches; sharing it keeps many envs cheap). Needs the ``hf`` extra."""
+    return FaithfulPatient()
 
 
 PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")

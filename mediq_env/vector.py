@@ -16,7 +16,7 @@ from typing import Any
 from mediq_env.case import Case
 from mediq_env.env import MediQEnv
 from mediq_env.errors import ConfigError, EnvStateError
-from mediq_env.patient import FactLookupPatient, Patient
+from mediq_env.patient import Patient, default_patient
 
 __all__ = ["BatchedEnv", "StepResult"]
 
@@ -57,7 +57,7 @@ class BatchedEnv:
     ) -> None:
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
-        self.patient: Patient = patient if patient is not None else FactLookupPatient()
+        self.patient: Patient = patient if patient is not None else default_patient()
         self.envs = [MediQEnv(cases, patient=self.patient, **env_kwargs) for _ in range(n)]
         self._done = [True] * n
         self.active_before_step: list[int] = []

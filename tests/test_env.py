@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import mediq_env
 from mediq_env import CANNOT_ANSWER, BatchedEnv, CorrectnessReward, EnvStateError, MediQEnv, builtin_cases
 from mediq_env.errors import ConfigError
+from mediq_env.question_gate import ASK_ONE_QUESTION
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,9 @@ def test_unanswerable_question_gets_fixed_reply(cases):
     env = MediQEnv(cases, shuffle_options=False)
     env.reset(options={"case_id": cases[0].id})
     *_, info = env.step("Tell me everything about your whole life.")
-    assert info["reply"] == CANNOT_ANSWER and info["new_facts"] == []
+    assert info["reply"] == ASK_ONE_QUESTION and info["new_facts"] == []  # not one question: the gate
+    *_, info = env.step("Have you ever been to Antarctica on a research ship?")
+    assert info["reply"] == CANNOT_ANSWER and info["new_facts"] == []  # no fact answers: abstains
 
 
 def test_same_seed_same_episode(cases):
@@ -190,13 +193,6 @@ def test_env_made_by_gymnasium_survives_a_refused_reset_with_the_checker_off():
     assert isinstance(info["reply"], str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="Gymnasium 1.x's PassiveEnvChecker marks reset as checked before the env's first reset returns, "
-    "so any refused first reset breaks the next step; needs mediq_env/__init__.py to register the env with "
-    "disable_env_checker=True (test_check_env_passes runs the same checks). Remove this marker then.",
-)
 def test_env_made_by_gymnasium_survives_a_refused_first_reset():
     env = gymnasium.make(mediq_env.ENV_ID)
     with pytest.raises(ConfigError):

@@ -48,12 +48,13 @@ def test_greedy_by_default_and_separate_params():
 
 def test_batched_env_makes_one_patient_call_per_turn():
     cases = builtin_cases()[:4]
-    backend = ScriptedBackend(["1"], cycle=True)
+    backend = ScriptedBackend(["10"], cycle=True)  # fact 9: hidden at reset in every built-in case
     batch = BatchedEnv(4, cases, patient=LLMPatient(backend))
     batch.reset(case_ids=[c.id for c in cases])
     results = batch.step(["How old are you?"] * 4)
     assert len(backend.calls) == 1 and len(backend.calls[0][0]) == 4
-    assert all(r.info["new_facts"] == [0] for r in results)
+    assert all(9 not in c.known_facts for c in cases)
+    assert all(r.info["new_facts"] == [9] for r in results)
 
 
 @given(st.text(max_size=40), st.integers(1, 30), st.integers(1, 4))

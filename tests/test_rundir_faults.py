@@ -21,6 +21,13 @@ from mediq_env.cases import builtin_cases_path
 from mediq_env.errors import BackendError, CaseFormatError, ConfigError
 
 
+@pytest.fixture(autouse=True)
+def _restore_library_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main(--no-progress) sets these for the whole process, as a CLI should; tests must not leak them.
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def cfg(**kw: Any) -> BenchConfig:
     base: dict[str, Any] = {"agent": "checklist", "max_questions": 2, "limit": 4, "scorer": "none", "modes": ("interactive",)}
     return BenchConfig(**{**base, **kw})
@@ -197,7 +204,7 @@ def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
     def first() -> None:
         try:
             run_benchmark(cfg(), out, agent=Blocking(), progress=False)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     thread = threading.Thread(target=first)
@@ -252,7 +259,7 @@ def test_full_disk_mid_run_is_a_clear_error_and_resumes(tmp_path: Path, monkeypa
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(RunDirError, match="No space left on device.*rerun the same command to resume"):
+    with pytest.raises(RunDirError, match=r"No space left on device.*rerun the same command to resume"):
         run_benchmark(cfg(batch_size=1), out, progress=False)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert len(episodes(out)) >= 1
@@ -321,7 +328,7 @@ def test_finished_run_is_summarised_without_writing(tmp_path: Path, read_only: l
 
 def test_unfinished_run_on_read_only_media_is_a_clear_error(tmp_path: Path, read_only: list[Path]) -> None:
     read_only.append(tmp_path.absolute())
-    with pytest.raises(RunDirError, match="cannot create the run directory .*Read-only file system"):
+    with pytest.raises(RunDirError, match=r"cannot create the run directory .*Read-only file system"):
         run_benchmark(cfg(), tmp_path / "run", progress=False)
 
 
@@ -428,9 +435,7 @@ def test_no_progress_quiets_model_loading(tmp_path: Path, monkeypatch: pytest.Mo
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
-        monkeypatch.delenv(var, raising=False)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, hub_bars = hf_logging.get_verbosity(), not are_progress_bars_disabled()
     try:
         code = main(["--agent", "checklist", "--limit", "2", "--max-questions", "1", "--scorer", "none", "--modes", "interactive",
                      "--out", str(tmp_path / "run"), "--no-progress"])
@@ -440,9 +445,9 @@ def test_no_progress_quiets_model_loading(tmp_path: Path, monkeypatch: pytest.Mo
         assert not transformers.utils.logging.is_progress_bar_enabled()
         assert hf_logging.get_verbosity() == hf_logging.ERROR
     finally:
-        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-        enable_progress_bars()
-        hf_logging.enable_progress_bar()
+        if hub_bars:
+            enable_progress_bars()
+            hf_logging.enable_progress_bar()
         hf_logging.set_verbosity(verbosity)
 
 

@@ -37,6 +37,8 @@ from mediq_env.scoring import (
     ScoreRecord,
     focus_features,
     is_repeat,
+    is_repeat_step,
+    known_before,
     parse_rubric_score,
     parse_verdict,
     render_context,
@@ -367,11 +369,81 @@ def test_repeat_detection(question, earlier, expected):
         ("Do you smoke? Do you drink?", 0.0),
         ("Is the pain sharp or dull?", 1.0),
         ("Pain?", 0.5),
-        ("Could you " + "please " * 40 + "describe it?", 0.5),
+        (
+            "Could you describe in your own words, with as much detail as you can manage, exactly how the ache in "
+            "your lower back first started after that heavy fall you had at work last winter near the loading dock?",
+            0.5,
+        ),
     ],
 )
 def test_focus_proxy(question, score):
     assert focus_features(question)["score"] == score
+
+
+@pytest.mark.parametrize(
+    "action, reason",
+    [
+        ("patient pain doctor symptoms days fever history medication", "keywords"),
+        ("Tell me everything about your health.", "catchall"),
+        ("You have lung cancer.", "statement"),
+        ("Do you smoke? Have you lost weight? Do you cough up blood?", "multi"),
+        ("Is it B?", "option"),
+        ("Could it be lung cancer with blood in the sputum?", "option"),
+        ("FeverSmoke] fever fever cough", "gibberish"),
+    ],
+)
+def test_focus_proxy_is_zero_for_actions_the_question_gate_rejects(action, reason):
+    # Before the gate was consulted, every one of these but the multi-question scored 0.5 or 1.
+    feats = focus_features(action, CASE.options)
+    assert feats["gate"] == reason and feats["score"] == 0.0
+    [rec] = EnvironmentScorer(["proxy_focus"], embedder=None).score([item(action)])
+    assert rec.scores == {"proxy_focus": 0.0} and rec.raw["proxy_focus"]["gate"] == reason
+
+
+def test_focus_proxy_reads_the_options_from_the_case_or_the_dialogue():
+    # Naming an option's text is only recognisable with the options; the scorer passes them either way.
+    guess = "Could it be lung cancer with blood in the sputum?"
+    assert focus_features(guess)["score"] == 1.0
+    no_case = ScoreItem(guess, state(), None, None)
+    [rec] = EnvironmentScorer(["proxy_focus"], embedder=None).score([no_case])
+    assert rec.scores == {"proxy_focus": 0.0}
+
+
+def test_answerable_and_info_gain_pay_only_for_facts_not_already_known():
+    scorer = EnvironmentScorer(["proxy_answerable", "proxy_info_gain", "proxy_key_fact"], embedder=None)
+    earlier = (Turn("Do you smoke?", "The patient smokes 20 cigarettes a day.", (1,)),)
+    # Re-revealing an earlier turn's fact: it used to pay answerable = 1.
+    [again] = scorer.score([item("How many cigarettes a day?", earlier, PatientReply("20 a day.", (1,)))])
+    assert again.scores == {"proxy_answerable": 0.0, "proxy_info_gain": 0.0, "proxy_key_fact": 0.0}
+    # Facts the opening states are known at reset: echoing them back is no information either.
+    case = small_case(known_facts=(0, 1))
+    [echo] = scorer.score([item("You are 40 and you smoke?", (), PatientReply("Yes.", (0, 1)), case)])
+    assert echo.scores["proxy_answerable"] == 0.0 and echo.scores["proxy_info_gain"] == 0.0
+    assert echo.scores["proxy_key_fact"] == 0.0
+    # One new fact among known ones pays, and counts once.
+    [mixed] = scorer.score([item("Any cough?", (), PatientReply("...", (0, 3, 1)), case)])
+    assert mixed.scores == {"proxy_answerable": 1.0, "proxy_info_gain": 1.0, "proxy_key_fact": 1.0}
+    assert mixed.raw["proxy_answerable"]["new_facts"] == [3]
+
+
+def test_repeat_is_judged_by_meaning_as_well_as_by_words():
+    scorer = EnvironmentScorer(["proxy_repeat"], embedder=None)
+    earlier = (Turn("Do you smoke?", "The patient smokes 20 cigarettes a day.", (1,)),)
+    # A paraphrase shares no content word with the earlier question, but its reply is only what is known.
+    paraphrase = "Are you a tobacco user?"
+    assert not is_repeat(paraphrase, ["Do you smoke?"])
+    [rec] = scorer.score([item(paraphrase, earlier, PatientReply("20 a day.", (1,)))])
+    assert rec.scores == {"proxy_repeat": 1.0} and rec.raw["proxy_repeat"] == {"meaning": True, "words": False}
+    # Echoing the opening is a repeat on the first turn.
+    case = small_case(known_facts=(0,))
+    [echo] = scorer.score([item("So you are forty?", (), PatientReply("Yes.", (0,)), case)])
+    assert echo.scores == {"proxy_repeat": 1.0}
+    # New information is not a repeat; an abstention is not one by meaning (nothing was re-told).
+    [new] = scorer.score([item(paraphrase, earlier, PatientReply("...", (1, 2)))])
+    [abstain] = scorer.score([item("Any allergies?", earlier, PatientReply("I'm not sure.", ()))])
+    assert new.scores == {"proxy_repeat": 0.0} and abstain.scores == {"proxy_repeat": 0.0}
+    assert is_repeat_step(paraphrase, state(earlier), CASE, PatientReply("", (1,)))
+    assert known_before(state(earlier), case) == {0, 1}
 
 
 def test_repeat_proxy_ignores_invalid_turns():

@@ -261,3 +261,35 @@ def test_example_runs_offline():
     assert out.returncode == 0, out.stderr
     assert "attr:clarity" in out.stdout and "proxy:info_gain" in out.stdout and "correctness" in out.stdout
     assert "sum of components" in out.stdout
+
+
+def test_repeat_penalty_is_judged_by_meaning(cases):
+    """A paraphrase whose reply re-tells only known facts, and an echo of the opening, are repeats even when
+    they share no words with an earlier question (the word-overlap rule alone paid them as new questions)."""
+    from mediq_env.dialogue import DialogueState
+    from mediq_env.patient import PatientReply, Turn
+    from mediq_env.wrappers import StepView, attribute_rewards
+
+    case = next(c for c in cases if len(c.facts) >= 3).model_copy(update={"known_facts": (0,)})
+    scorer = EnvironmentScorer(["proxy_info_gain"], embedder=None)
+    config = RewardConfig(weights={"proxy_info_gain": 1.0}, repeat_penalty=0.1)
+
+    def view(question: str, turns: tuple, revealed: tuple) -> StepView:
+        before = DialogueState(case.id, case.initial_info, case.question, dict(case.options), turns, questions_left=5)
+        return StepView("question", question, before, case, reply=PatientReply("...", revealed))
+
+    earlier = (Turn("Do you smoke?", "...", (2,)),)
+    paraphrase, echo, fresh, abstain = attribute_rewards(
+        [
+            view("Are you a tobacco user?", earlier, (2,)),
+            view("So, as you said at the start?", (), (0,)),
+            view("Are you a tobacco user?", earlier, (1, 2)),
+            view("Any allergies at all?", earlier, ()),
+        ],
+        scorer,
+        config,
+    )
+    assert paraphrase.components["repeat_penalty"] == -0.1 and paraphrase.components["proxy:info_gain"] == 0.0
+    assert echo.components["repeat_penalty"] == -0.1 and echo.components["proxy:info_gain"] == 0.0
+    assert fresh.components["repeat_penalty"] == 0.0 and fresh.components["proxy:info_gain"] == 1.0
+    assert abstain.components["repeat_penalty"] == 0.0

@@ -24,9 +24,17 @@ Design choices worth knowing:
 
 * The value head is a linear layer on the final hidden state, either on the policy itself
   (``critic="shared"``, the default: no second model) or on a separate copy of the base model
-  (``critic="separate"``). Both the action log-probabilities and the values are read at the position *before*
-  each action token; the LM head is applied to the action positions only, so the logits never take
-  ``batch × sequence × vocabulary`` memory.
+  (``critic="separate"``; only its transformer body runs, never its LM head). Both the action
+  log-probabilities and the values are read at the position *before* each action token. The logits come
+  from the model's own forward (so model-specific transforms such as Granite's ``logits_scaling`` or
+  Gemma-2's final soft-capping are applied), restricted with ``logits_to_keep`` to the positions that hold
+  an action in the micro-batch, so they never take ``batch × sequence × vocabulary`` memory.
+* The policy being optimised is the *sampling* distribution: log-probabilities (old, new and reference)
+  are of ``softmax(logits / temperature)``, exactly what the rollout sampled from. ``temperature=0``
+  (greedy rollouts: no exploration, and a ratio of a deterministic policy) and ``top_p < 1`` are refused:
+  under a nucleus the new and reference policies give tokens outside their own nucleus probability 0, so
+  the ratio and the KL penalty would be degenerate (−inf log-probabilities), while scoring without the
+  mask would train on a distribution the rollout did not sample from.
 * Dropout is off throughout (the model stays in ``eval()`` while it is trained): with dropout the ratio
   π/π_old would not be 1 on the first minibatch, which PPO assumes.
 * With ``use_lora`` the reference model is the policy with its adapters disabled, so no second copy of
@@ -151,9 +159,19 @@ class PPOConfig(EpisodeConfig):
     export_policy_on_save: bool = True
     resume_from: str | None = None
     torch_threads: int | None = None
+    record_rollout_logprobs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The PPO ratio is of the sampling distribution (see the module notes): it must be a proper,
+        # full-support softmax(logits / T).
+        if self.temperature <= 0:
+            raise ConfigError(f"PPO needs sampled rollouts: temperature must be > 0 (0 would be greedy), got {self.temperature}")
+        if self.top_p != 1.0:
+            raise ConfigError(
+                f"PPO does not support top_p < 1 (got {self.top_p}): a nucleus-truncated policy gives -inf log-probabilities "
+                "to tokens outside the new or the reference nucleus; use temperature to sharpen sampling instead"
+            )
         if self.mode not in ("multi_turn", "single_turn"):
             raise ConfigError(f"mode must be 'multi_turn' or 'single_turn', got {self.mode!r}")
         if self.mode == "single_turn" and self.scorer == "none":
@@ -232,31 +250,55 @@ def _hidden_size(model: Any) -> int:
     return int(text.hidden_size)
 
 
+def _unwrap_peft(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _supports_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(_unwrap_peft(model).forward).parameters
+
+
+def _backbone(model: Any) -> Any:
+    """The transformer body of a causal LM (no LM head): what a value head needs. Works through a PEFT
+    wrapper, whose LoRA layers live inside the body and stay active."""
+    base = _unwrap_peft(model)
+    body = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "base_model", base)
+    if body is base:
+        raise ConfigError(f"cannot find the transformer body of {type(base).__name__} for the separate critic")
+    return body
 
 
 def action_logprobs(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probabilities and entropies of the action tokens at ``(rows, cols + 1)``, and the final hidden
-    states at ``(rows, cols)`` (the state each action was sampled in).
+    """Log-probabilities and entropies of the action tokens at ``(rows, cols + 1)`` under the sampling
+    distribution ``softmax(logits / temperature)``, and the final hidden states at ``(rows, cols)`` (the
+    state each action was sampled in).
 
-    The LM head is applied to the action positions only (``logits_to_keep=1`` stops the model from
-    computing the full ``batch × sequence × vocabulary`` logits), which is most of the memory of a forward
+    The logits are the model's own forward output, so whatever the model does after its LM head (Granite's
+    ``logits_scaling``, Gemma-2's final soft-capping) is applied exactly as in ``generate``. With
+    ``logits_to_keep`` given the distinct action columns of the batch, the LM head runs on those positions
+    only instead of on the full ``batch × sequence × vocabulary`` logits, most of the memory of a forward
     pass with a large vocabulary. Models without ``logits_to_keep`` fall back to the full logits.
     """
     import torch
 
-    fast = _supports_logits_to_keep(model)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True, "use_cache": False}
-    if fast:
-        kwargs["logits_to_keep"] = 1
-    out = model(**kwargs)
+    if _supports_logits_to_keep(model):
+        keep, where = torch.unique(cols, sorted=True, return_inverse=True)
+        kwargs["logits_to_keep"] = keep
+        out = model(**kwargs)
+        logits = out.logits[rows, where]
+    else:
+        out = model(**kwargs)
+        logits = out.logits[rows, cols]
     hidden = out.hidden_states[-1][rows, cols]
-    logits = (model.get_output_embeddings()(hidden) if fast else out.logits[rows, cols]).float()
-    logprobs_all = torch.log_softmax(logits, dim=-1)
+    logprobs_all = torch.log_softmax(logits.float() / temperature, dim=-1)
     logp = logprobs_all.gather(-1, input_ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
     entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
     return logp, entropy, hidden
@@ -275,10 +317,11 @@ def _build_actor_critic_class() -> type:
         entropy of the policy there, and the values of the states they were sampled in (read at ``cols``).
         """
 
-        def __init__(self, policy: Any, critic: Any = None) -> None:
+        def __init__(self, policy: Any, critic: Any = None, temperature: float = 1.0) -> None:
             super().__init__()
             self.policy = policy
             self.critic = critic
+            self.temperature = float(temperature)
             self.v_head = torch.nn.Linear(_hidden_size(critic if critic is not None else policy), 1)
             # Zero init: the first values are 0, so the first advantages are the (whitened) returns and a random
             # head does not inject noise into the first updates.
@@ -294,12 +337,13 @@ def _build_actor_critic_class() -> type:
             *,
             with_values: bool = True,
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-            logp, entropy, hidden = action_logprobs(self.policy, input_ids, attention_mask, rows, cols)
+            logp, entropy, hidden = action_logprobs(self.policy, input_ids, attention_mask, rows, cols, self.temperature)
             values = None
             if with_values:
                 if self.critic is not None:
-                    out = self.critic(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-                    hidden = out.hidden_states[-1][rows, cols]
+                    # The body only: the critic's LM head (full-vocabulary logits) would be computed and thrown away.
+                    out = _backbone(self.critic)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                    hidden = out.last_hidden_state[rows, cols]
                 values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
             return logp, entropy, values
 

@@ -449,6 +449,9 @@ class Episode:
     done: bool = False
     cut: bool = False
     correct: bool | None = None
+    # Log-probabilities of the action tokens under the distribution they were sampled from (filled only when
+    # the rollout is asked to record them): the reference the training log-probabilities must reproduce.
+    logprobs: list[float] | None = None
 
     @property
     def total_reward(self) -> float:
@@ -513,16 +516,23 @@ def generate_batch(
     pad_id: int,
     batch_size: int,
     synced_gpus: bool = False,
+    logprobs_out: list[list[float]] | None = None,
 ) -> list[list[int]]:
     """Sample one continuation per context (left-padded chunks, one ``generate`` call each), cut after the
     first EOS. The decoding is set explicitly so a checkpoint's own generation defaults (top-k, repetition
-    penalty) never change what the policy samples — the PPO ratio assumes plain temperature/top-p sampling."""
+    penalty) never change what the policy samples — the PPO ratio assumes plain temperature/top-p sampling.
+
+    ``logprobs_out`` (an empty list): filled with, per context, the log-probability of each sampled token
+    under the distribution ``generate`` actually sampled from (its processed scores: logits / temperature,
+    nucleus-masked). It costs ``max_new_tokens × batch × vocabulary`` floats per call, so it is opt-in."""
     import torch
     import transformers
 
     device = next(model.parameters()).device
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     out: list[list[int]] = [[] for _ in contexts]
+    want_logprobs = logprobs_out is not None
+    lps: list[list[float]] = [[] for _ in contexts]
     config_kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "do_sample": settings.temperature > 0,
@@ -547,12 +557,23 @@ def generate_batch(
                     ctx = contexts[i]
                     input_ids[row, width - len(ctx) :] = torch.tensor(list(ctx), dtype=torch.long)
                     attention[row, width - len(ctx) :] = 1
-                seqs = model.generate(
+                gen = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
                     generation_config=gen_config,
                     synced_gpus=synced_gpus,
+                    output_scores=want_logprobs,
+                    return_dict_in_generate=want_logprobs,
                 )
+                seqs = gen.sequences if want_logprobs else gen
+                step_lp: torch.Tensor | None = None
+                if want_logprobs:
+                    # scores[t] are the processed logits step t sampled from; keep only the sampled token's entry.
+                    new_ids = seqs[:, width:]
+                    step_lp = torch.stack(
+                        [torch.log_softmax(sc.float(), -1).gather(-1, new_ids[:, t : t + 1]).squeeze(-1) for t, sc in enumerate(gen.scores)],
+                        dim=1,
+                    ).cpu()
                 for row, i in enumerate(idx):
                     new = seqs[row, width:].tolist()
                     for k, tok in enumerate(new):
@@ -560,9 +581,13 @@ def generate_batch(
                             new = new[: k + 1]
                             break
                     out[i] = new
+                    if step_lp is not None:
+                        lps[i] = step_lp[row, : len(new)].tolist()
     finally:
         if was_training:
             model.train()
+    if logprobs_out is not None:
+        logprobs_out.extend(lps)
     return out
 
 
@@ -581,6 +606,7 @@ def run_episodes(
     reward_fn: Callable[[TurnOutcome], Mapping[str, float]] | None = None,
     global_active: Callable[[int], int] | None = None,
     synced_gpus: bool = False,
+    record_logprobs: bool = False,
 ) -> list[Episode]:
     """Play one episode per ``(case_id, seed)`` spec (``case_id`` None: drawn by the env from the seed), as
     many at a time as ``env`` has slots; every turn is one batched ``generate`` for all active episodes and
@@ -594,6 +620,9 @@ def run_episodes(
     ``global_active`` (multi-process runs whose model is sharded, ZeRO-3/FSDP): given this process's number
     of active episodes, returns the largest over processes; a process with none left keeps calling
     ``generate`` on a dummy row until every process is done, since sharded generation is collective.
+
+    ``record_logprobs``: fill each episode's ``logprobs`` with its action tokens' sampling log-probabilities
+    (see :func:`generate_batch`).
     """
     eos_ids = layout.eos_ids
     episodes: list[Episode] = []
@@ -606,7 +635,7 @@ def run_episodes(
             obs, info = env.reset_at(slot, seed=seed, case_id=case_id)
             state = info["state"]
             prompt = layout.prompt_ids(fmt.first_messages(state, obs))
-            ep = Episode(info["case_id"], seed, list(prompt), [0] * len(prompt), len(prompt))
+            ep = Episode(info["case_id"], seed, list(prompt), [0] * len(prompt), len(prompt), logprobs=[] if record_logprobs else None)
             eps[slot] = ep
             states[slot] = state
             if len(prompt) + settings.max_new_tokens > max_seq_len:
@@ -621,16 +650,20 @@ def run_episodes(
                 # Keep the collective generate calls of a sharded model in step with the other processes.
                 generate_batch(model, [[pad_id]], settings, eos_ids=eos_ids, pad_id=pad_id, batch_size=1, synced_gpus=synced_gpus)
                 continue
+            new_lps: list[list[float]] | None = [] if record_logprobs else None
             new = generate_batch(
-                model, [eps[i].ids for i in active], settings, eos_ids=eos_ids, pad_id=pad_id, batch_size=batch_size, synced_gpus=synced_gpus
+                model, [eps[i].ids for i in active], settings, eos_ids=eos_ids, pad_id=pad_id, batch_size=batch_size, synced_gpus=synced_gpus,
+                logprobs_out=new_lps,
             )
             texts = [tokenizer.decode(toks, skip_special_tokens=True) for toks in new]
             actions = [fmt.to_action(text, states[i]) for i, text in zip(active, texts, strict=True)]
             results = env.step(actions)
-            for i, toks, text, action, r in zip(active, new, texts, actions, results, strict=True):
+            for j, (i, toks, text, action, r) in enumerate(zip(active, new, texts, actions, results, strict=True)):
                 ep = eps[i]
                 ep.ids.extend(toks)
                 ep.action_mask.extend([1] * len(toks))
+                if ep.logprobs is not None and new_lps is not None:
+                    ep.logprobs.extend(new_lps[j])
                 if reward_fn is not None:
                     outcome = TurnOutcome(text, action, r.info, r.terminated, r.truncated, states[i])
                     components = {k: float(v) for k, v in reward_fn(outcome).items()}
@@ -670,6 +703,7 @@ def run_single_turn(
     batch_size: int,
     pad_id: int,
     synced_gpus: bool = False,
+    record_logprobs: bool = False,
 ) -> list[Episode]:
     """ALFA's PPO setting: one question per prompt (the doctor's view ``state``), scored by ``scorer``.
 
@@ -684,14 +718,16 @@ def run_single_turn(
     keep: list[int] = []
     for j, (state, _case) in enumerate(items):
         prompt = layout.prompt_ids(fmt.single_turn_messages(state))
-        ep = Episode(state.case_id, None, list(prompt), [0] * len(prompt), len(prompt))
+        ep = Episode(state.case_id, None, list(prompt), [0] * len(prompt), len(prompt), logprobs=[] if record_logprobs else None)
         if len(prompt) + settings.max_new_tokens > max_seq_len:
             ep.cut = True
         else:
             keep.append(j)
         eps.append(ep)
+    new_lps: list[list[float]] | None = [] if record_logprobs else None
     new = generate_batch(
-        model, [eps[j].ids for j in keep], settings, eos_ids=layout.eos_ids, pad_id=pad_id, batch_size=batch_size, synced_gpus=synced_gpus
+        model, [eps[j].ids for j in keep], settings, eos_ids=layout.eos_ids, pad_id=pad_id, batch_size=batch_size, synced_gpus=synced_gpus,
+        logprobs_out=new_lps,
     )
     questions = [fmt.to_question(tokenizer.decode(toks, skip_special_tokens=True)) for toks in new]
     replies: dict[int, PatientReply] = {}
@@ -705,10 +741,12 @@ def run_single_turn(
         for j, q in zip(keep, questions, strict=True)
     ]
     outs = attribute_rewards(views, scorer, reward_config)
-    for j, toks, q, out in zip(keep, new, questions, outs, strict=True):
+    for k, (j, toks, q, out) in enumerate(zip(keep, new, questions, outs, strict=True)):
         ep = eps[j]
         ep.ids.extend(toks)
         ep.action_mask.extend([1] * len(toks))
+        if ep.logprobs is not None and new_lps is not None:
+            ep.logprobs.extend(new_lps[k])
         ep.turns.append(TurnLog(q, {"question": q}, "question", out.reward, dict(out.components), len(ep.ids) - 1))
         ep.done = True
     return eps
