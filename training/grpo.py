@@ -18,6 +18,15 @@ What differs from :mod:`training.ppo` (on purpose, or because of TRL's API):
   reward.
 * **Prompts only.** ``rollout_func`` receives the prompts, not the other dataset columns, so the dataset's
   prompt is the episode's real first prompt and a lookup table maps it back to its ``(case_id, seed)``.
+* **Fresh option orders.** A dataset row fixes a case and a base seed; the episode is played with seed
+  ``base + seeds_per_case × global_step``, so every generation step reshuffles the options (with one seed
+  per case, a fixed seed would let the policy learn one letter per case) while all episodes of a group —
+  same prompt, same step, on every process — still share one opening. The prompt TRL logs is the
+  dataset's (step-0) rendering; the ``prompt_ids`` trained on are the episode's real ones.
+* **Episodes cut before their first turn** (the opening does not fit ``max_seq_len``) have no return:
+  every reward function gives None for them, which TRL leaves out of the group mean and std and gives
+  advantage 0; they have no trained token either. They are counted in the ``episodes/cut_before_first_turn``
+  metric.
 * **Sampling.** Each doctor turn is sampled with the trainer's ``temperature`` (TRL rescales the training
   log-probabilities by it) and ``top_p``; ``max_new_tokens`` of the :class:`GRPOEnvConfig` bounds each turn
   (TRL's ``max_completion_length`` would bound the whole episode and is not used). ``logprobs`` is returned
@@ -158,6 +167,7 @@ def make_rollout_func(
     lookup: dict[str, tuple[str, int]],
     *,
     env_factory: Callable[[int], Any] | None = None,
+    seeds_per_case: int | None = None,
 ) -> Callable[[list[Any], Any], dict[str, Any]]:
     """TRL's ``rollout_func``: play one multi-turn episode per prompt and return its tokens.
 
@@ -165,20 +175,23 @@ def make_rollout_func(
     patient's turns), ``env_mask`` (1 on the doctor's tokens only), ``logprobs=None``, and for the reward
     functions ``episode_return`` and ``episode_components`` (each component summed over the episode).
     ``env_factory(n)`` builds a bigger env when a generation batch has more prompts than ``env`` has slots.
+    ``seeds_per_case`` (default: the config's, else 1) spaces the per-step seeds (:func:`episode_seed`).
     """
     state: dict[str, Any] = {"env": env}
+    stride = int(seeds_per_case if seeds_per_case is not None else getattr(config, "seeds_per_case", 1))
 
     def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, Any]:
         import torch
         from trl.models.utils import unwrap_model_for_generation
 
         specs: list[tuple[str | None, int | None]] = []
+        step = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
         for p in prompts:
             key = _prompt_key(p)
             if key not in lookup:
                 raise ConfigError("rollout_func got a prompt that is not an episode opening of its dataset")
             case_id, seed = lookup[key]
-            specs.append((case_id, seed))
+            specs.append((case_id, episode_seed(seed, step, stride)))
         if len(state["env"]) < len(specs) and env_factory is not None:
             state["env"] = env_factory(len(specs))
         args = trainer.args
@@ -199,8 +212,21 @@ def make_rollout_func(
     return rollout_func
 
 
+def episode_seed(base_seed: int, step: int, seeds_per_case: int) -> int:
+    """The env seed of a dataset row's episodes at a generation step: distinct for every (row, step) of a
+    case (base seeds are ``0..seeds_per_case-1``), the same for every episode of one group."""
+    return int(base_seed) + int(seeds_per_case) * int(step)
+
+
+def _unplayed(e: Episode) -> bool:
+    return e.cut and not e.turns
+
+
 def episodes_to_rollout(episodes: Sequence[Episode], pad_id: int) -> dict[str, Any]:
-    """The ``rollout_func`` output for finished episodes (split at the first prompt; masks; rewards)."""
+    """The ``rollout_func`` output for finished episodes (split at the first prompt; masks; rewards).
+
+    An episode cut before its first turn gets ``None`` as return and components: it was never played, so
+    a 0 would drag its group's baseline (see the module notes)."""
     prompt_ids, completion_ids, env_mask = [], [], []
     for e in episodes:
         completion = e.ids[e.prompt_len :]
@@ -216,20 +242,26 @@ def episodes_to_rollout(episodes: Sequence[Episode], pad_id: int) -> dict[str, A
         "completion_ids": completion_ids,
         "logprobs": None,
         "env_mask": env_mask,
-        "episode_return": [e.total_reward for e in episodes],
-        "episode_components": [e.components() for e in episodes],
+        "episode_return": [None if _unplayed(e) else e.total_reward for e in episodes],
+        "episode_components": [None if _unplayed(e) else e.components() for e in episodes],
         "episode_correct": [bool(e.correct) for e in episodes],
     }
 
 
-def episode_return(prompts: list[Any], completions: list[Any], episode_return: list[float], **kwargs: Any) -> list[float]:
-    """The GRPO reward: the episode's return, i.e. the sum of every turn's reward (exactly what PPO sums)."""
-    return [float(r) for r in episode_return]
+def episode_return(prompts: list[Any], completions: list[Any], episode_return: list[float | None], **kwargs: Any) -> list[float | None]:
+    """The GRPO reward: the episode's return, i.e. the sum of every turn's reward (exactly what PPO sums);
+    None for an episode cut before its first turn, counted in ``episodes/cut_before_first_turn``."""
+    log_metric = kwargs.get("log_metric")
+    if log_metric is not None:
+        log_metric("episodes/cut_before_first_turn", float(sum(r is None for r in episode_return)))
+    return [None if r is None else float(r) for r in episode_return]
 
 
-def _component_reward(name: str) -> Callable[..., list[float]]:
-    def reward(prompts: list[Any], completions: list[Any], episode_components: list[dict[str, float]], **kwargs: Any) -> list[float]:
-        return [float(c.get(name, 0.0)) for c in episode_components]
+def _component_reward(name: str) -> Callable[..., list[float | None]]:
+    def reward(
+        prompts: list[Any], completions: list[Any], episode_components: list[dict[str, float] | None], **kwargs: Any
+    ) -> list[float | None]:
+        return [None if c is None else float(c.get(name, 0.0)) for c in episode_components]
 
     reward.__name__ = name
     return reward

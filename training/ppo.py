@@ -371,7 +371,9 @@ def __getattr__(name: str) -> Any:
 class _TrainerState:
     """What a checkpoint must restore besides weights and optimizer: the update counter, the KL coefficient
     and the trainer's own RNG (episode seeds, minibatch order). accelerate saves the torch/numpy/python
-    RNGs; this one is registered with ``register_for_checkpointing`` so a resumed run draws the same."""
+    RNGs per process; this object is registered with ``register_for_checkpointing``, which accelerate saves
+    from the main process only, so :meth:`PPOTrainer.save` also writes each process's RNG to its own file
+    and a resume restores each process's own (the counters and the KL coefficient are the same on all)."""
 
     def __init__(self, rng: np.random.Generator, kl_coef: float) -> None:
         self.rng = rng
@@ -482,7 +484,13 @@ class PPOTrainer:
             critic = copy.deepcopy(model) if config.critic == "separate" else None
         self.use_reference = config.kl_coef > 0 or config.adaptive_kl
 
-        ac = actor_critic_class()(policy, critic).to(acc.device)
+        if critic is not None:
+            # The critic never runs its LM head; an untied head would get no gradient, which DDP reports as an
+            # error (unused parameters) and the optimizer would hold state for. A tied one is the embedding.
+            head, emb = critic.get_output_embeddings(), critic.get_input_embeddings()
+            if head is not None and emb is not None and head.weight is not emb.weight:
+                head.requires_grad_(False)
+        ac = actor_critic_class()(policy, critic, config.temperature).to(acc.device)
         value_params = list(ac.v_head.parameters()) + (list(ac.critic.parameters()) if critic is not None else [])
         value_ids = {id(p) for p in value_params}
         policy_params = [p for p in ac.parameters() if p.requires_grad and id(p) not in value_ids]
@@ -565,10 +573,12 @@ class PPOTrainer:
             return run_single_turn(
                 policy, self.tokenizer, self.fmt, self.layout, items, cfg.generation(), scorer=self.scorer, reward_config=self.reward_config,
                 patient=self.patient, max_seq_len=cfg.max_seq_len, batch_size=cfg.generation_batch_size, pad_id=self.pad_id, synced_gpus=sharded,
+                record_logprobs=cfg.record_rollout_logprobs,
             )
         return run_episodes(
             policy, self.tokenizer, self.env, self.fmt, self.layout, specs, cfg.generation(), max_seq_len=cfg.max_seq_len,
             batch_size=cfg.generation_batch_size, pad_id=self.pad_id, reward_fn=self.reward_fn, global_active=global_active, synced_gpus=sharded,
+            record_logprobs=cfg.record_rollout_logprobs,
         )
 
     def _single_turn_batch(self, specs: Sequence[tuple[str | None, int | None]]) -> list[tuple[DialogueState, Case | None]]:
@@ -620,9 +630,10 @@ class PPOTrainer:
         if self.config.use_lora:
             # The reference is the base model: the same weights with the adapters switched off.
             with self.policy.disable_adapter():
-                logp, _, _ = action_logprobs(self.policy, ids, attn, rows, cols)
+                logp, _, _ = action_logprobs(self.policy, ids, attn, rows, cols, self.config.temperature)
             return logp
-        logp, _, _ = action_logprobs(self.ref_model, ids, attn, rows, cols)
+        # The reference at the rollout temperature too: the KL penalty compares two sampling distributions.
+        logp, _, _ = action_logprobs(self.ref_model, ids, attn, rows, cols, self.config.temperature)
         return logp
 
     def prepare_batch(self, episodes: list[Episode]) -> _Batch:
@@ -679,6 +690,10 @@ class PPOTrainer:
             "values/explained_variance": explained_variance(flat_v, ret) if ret.size else float("nan"),
             "advantages/raw_mean": float(adv.mean()) if adv.size else 0.0,
         }
+        gaps = [(lp - torch.tensor(e.logprobs)).abs().max().item() for e, lp in zip(episodes, old_logp, strict=True) if e.logprobs and lp.numel()]
+        if gaps:
+            # How far the scoring pass is from the distribution the rollout sampled from (should be ~0).
+            stats["rollout_logp_gap_max"] = float(max(gaps))
         return _Batch(episodes, old_logp, ref_logp, old_values, list(adv_t.split(sizes)), list(ret_t.split(sizes)), stats)
 
     # -- optimisation -----------------------------------------------------------------------------------
@@ -746,6 +761,9 @@ class PPOTrainer:
         t2 = time.perf_counter()
         train_stats = self.update(batch)
         t3 = time.perf_counter()
+        # The mean over every process's episodes: each process updating with its own KL would make the
+        # coefficients (and so the rewards) drift apart between processes.
+        batch.stats["kl"] = self._reduce_mean([batch.stats["kl"]])
         self.kl_ctl.update(batch.stats["kl"], self.config.episodes_per_update * self.accelerator.num_processes)
         self.state.step += 1
         self.state.episodes += len(episodes) * self.accelerator.num_processes
@@ -798,7 +816,7 @@ class PPOTrainer:
         }
         for k, vals in comps.items():
             m[f"reward/{k}"] = self._reduce_mean(vals)
-        m["kl"] = self._reduce_mean([batch.stats["kl"]])
+        m["kl"] = batch.stats["kl"]  # already the mean over processes (see step)
         for k, v in batch.stats.items():
             if k != "kl":
                 m[k] = v
@@ -846,6 +864,10 @@ class PPOTrainer:
         target = Path(path) if path is not None else self.checkpoint_dir()
         acc.wait_for_everyone()
         acc.save_state(str(target))
+        # accelerate saves registered objects from the main process only; each process has its own trainer
+        # RNG (its own episode seeds), so each writes its own file.
+        target.mkdir(parents=True, exist_ok=True)
+        (target / _rng_file(acc.process_index)).write_text(json.dumps(self.rng.bit_generator.state) + "\n", encoding="utf-8")
         if acc.is_main_process:
             (target / "trainer_state.json").write_text(
                 json.dumps({**self.state.state_dict(), "kl_coef": self.kl_ctl.value}, indent=2) + "\n", encoding="utf-8"
@@ -906,9 +928,19 @@ class PPOTrainer:
             if not path.is_dir():
                 raise ConfigError(f"resume_from: no checkpoint directory at {path}")
         self.accelerator.load_state(str(path))
+        # load_state gave every process the main process's trainer RNG; restore this process's own.
+        own = path / _rng_file(self.accelerator.process_index)
+        if own.is_file():
+            self.rng.bit_generator.state = json.loads(own.read_text(encoding="utf-8"))
+        elif self.accelerator.num_processes > 1:
+            raise ConfigError(f"resume_from: {path} has no {own.name}; it was saved by fewer processes than this run has")
         self.kl_ctl.value = self.state.kl_coef
         self._last_saved_step = self.state.step
         self.jsonl.truncate_after(self.state.step)
+
+
+def _rng_file(process_index: int) -> str:
+    return f"trainer_rng_{process_index}.json"
 
 
 def _check_trackers(trackers: Sequence[str]) -> None:
