@@ -37,6 +37,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,13 @@ def gibberish(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
 
 
 def checklist(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
+    # ChecklistAgent's question list, in order, keeping the questions that are one question each: the gate
+    # turns four of the twelve away as compound ("When did this begin, and did it come on suddenly...?") and
+    # two as catch-alls, and an honest reference should not be charged for the list's wording.
+    return [q for q in checklist_for(state, CHECKLIST) if check_question(q, state.options)][:n]
+
+
+def checklist_agent(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
     # Exactly what ChecklistAgent asks: the first unasked checklist question each turn, i.e. its list in order.
     return checklist_for(state, CHECKLIST)[:n]
 
@@ -189,7 +197,8 @@ ADVERSARIES: dict[str, Doctor] = {
     "options": options,
     "gibberish": gibberish,
 }
-DOCTORS: dict[str, Doctor] = {**ADVERSARIES, "checklist": checklist, "good": good_doctor}
+DOCTORS: dict[str, Doctor] = {**ADVERSARIES, "checklist_agent": checklist_agent, "checklist": checklist, "good": good_doctor}
+"""``checklist_agent`` (the shipped agent's exact questions) is reported for information, with no verdict."""
 
 
 def good_questions(source: str, data_dir: str | None = None) -> dict[str, list[str]]:
@@ -291,6 +300,8 @@ def judge(episodes: Mapping[str, Sequence[Episode]], config: str) -> dict[str, d
         }
         if name == "checklist":
             row["verdict"] = "reference"
+        elif name == "checklist_agent":
+            row["verdict"] = "info"
         else:
             lower, upper = (r, ref_r) if name != "good" else (ref_r, r)
             lower_c, upper_c = (c, ref_c) if name != "good" else (ref_c, c)
@@ -321,9 +332,9 @@ def run_suite(
             {"weights": dict(cfg.weights), "repeat_penalty": cfg.repeat_penalty, "question_cost": cfg.question_cost,
              "correct": cfg.correct, "incorrect": cfg.incorrect}
         )
-    base = data_dir or str(shared_data_dir())
+    base = Path(data_dir) if data_dir else shared_data_dir()
     for source in sources:
-        if SOURCES[source] is not None and not (shared_data_dir() if data_dir is None else __import__("pathlib").Path(data_dir)).joinpath(str(SOURCES[source])).exists():
+        if SOURCES[source] is not None and not (base / str(SOURCES[source])).exists():
             results["skipped"].append(f"{source}: {SOURCES[source]} not found in {base}")
             continue
         good = good_questions(source, data_dir)

@@ -47,7 +47,7 @@ import numpy as np
 
 from benchmarks.common import json_safe
 from benchmarks.metrics import FALLBACK_WARN_RATE
-from mediq_env import BatchedEnv, Case, FactLookupPatient, Patient, builtin_cases
+from mediq_env import BatchedEnv, Case, Patient, builtin_cases, make_patient
 from mediq_env.case import read_cases
 from mediq_env.cases import builtin_cases_path
 from mediq_env.errors import CaseFormatError, ConfigError, MediQError
@@ -66,7 +66,7 @@ __all__ = [
 
 MODES = ("interactive", "no_interaction", "full_information")
 BASELINE_AGENTS = ("answer-now", "checklist", "random")
-PATIENTS = ("lookup", "lookup+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
+PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
 # The environment proxy that needs the MiniLM embedder (tens of seconds to load on a CPU); ``--scorer env``
 # leaves it out so that a model-free run stays model-free, ``env:all`` asks for it.
 EMBEDDING_PROXY = "proxy_relevance"
@@ -87,7 +87,7 @@ class BenchConfig:
     rationale: bool = False
     self_consistency: int = 1
     question_model: str | None = None
-    patient: str = "lookup"
+    patient: str = "faithful"
     cases: str | None = None
     initial_info: str = "auto"
     max_questions: int = 5
@@ -103,7 +103,9 @@ class BenchConfig:
     max_attempts: int = 3
 
     # Settings that change speed or persistence, not results: a resumed run may use different values.
-    RESUMABLE_CHANGES = ("batch_size", "cache_dir", "max_attempts")
+    # (skip_invalid too: the cases file is compared by checksum, and a file with invalid records never
+    # started a run without it.)
+    RESUMABLE_CHANGES = ("batch_size", "cache_dir", "max_attempts", "skip_invalid")
 
     def __post_init__(self) -> None:
         self.modes = tuple(self.modes)
@@ -124,7 +126,8 @@ class BenchConfig:
         if self.initial_info not in ("auto", "given", "derived"):
             raise ConfigError(f"initial_info must be auto, given or derived, got {self.initial_info!r}")
         kind = self.patient.split(":", 1)[0]
-        if kind not in ("lookup", "lookup+minilm", "llm-select", "llm-freeform") or (kind.startswith("llm") and ":" not in self.patient):
+        known = ("faithful", "bm25", "bm25+minilm", "lookup", "lookup+minilm", "llm-select", "llm-freeform")
+        if kind not in known or (kind.startswith("llm") and ":" not in self.patient):
             raise ConfigError(f"unknown patient {self.patient!r}; use one of {', '.join(PATIENTS)}")
 
     def result_fields(self) -> dict[str, Any]:
@@ -163,10 +166,8 @@ def build_agent(config: BenchConfig) -> Any:
 
 def build_patient(config: BenchConfig) -> Patient:
     kind, _, backend_spec = config.patient.partition(":")
-    if kind == "lookup":
-        return FactLookupPatient()
-    if kind == "lookup+minilm":
-        return FactLookupPatient(embedder="minilm")
+    if not kind.startswith("llm"):
+        return make_patient(config.patient)  # faithful (default), bm25, bm25+minilm; lookup = bm25's old name
     from mediq_env.backends.factory import make_backend
     from mediq_env.llm_patient import LLMPatient
 
@@ -234,7 +235,10 @@ def load_bench_cases(config: BenchConfig) -> tuple[list[Case], str, list[str]]:
     skipped: list[str] = []
     if config.cases:
         path = Path(config.cases)
-        report = read_cases(path, initial_info=config.initial_info)  # type: ignore[arg-type]
+        try:
+            report = read_cases(path, initial_info=config.initial_info)  # type: ignore[arg-type]
+        except OSError as exc:  # a directory, no permission: one line, not a traceback
+            raise CaseFormatError(str(path), None, None, f"cannot read: {exc.strerror or exc}") from None
         if report.errors and not config.skip_invalid:
             err = report.errors[0]
             more = f" (+{len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
@@ -547,6 +551,27 @@ class RunDir:
 
     # writing (only under the lock) ---------------------------------------------------------------------
 
+    def _in_use(self) -> RunDirError:
+        return RunDirError(
+            f"{self.path} is in use by another run (it holds {self.path / LOCK}); wait for it to finish, "
+            "or use another --out"
+        )
+
+    def check_free(self) -> None:
+        """Refuse at once, before any model is loaded, when another run holds the directory."""
+        from filelock import FileLock, Timeout
+
+        if not (self.path / LOCK).exists():
+            return
+        lock = FileLock(self.path / LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._in_use() from None
+        except OSError:
+            return  # not writable: said precisely when the run tries to write
+        lock.release()
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the directory's lock (non-blocking): a second run on the same directory is refused at once
@@ -561,10 +586,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise RunDirError(
-                f"{self.path} is in use by another run (it holds {self.path / LOCK}); wait for it to finish, "
-                "or use another --out"
-            ) from None
+            raise self._in_use() from None
         except OSError as exc:
             raise RunDirError(f"cannot write in the run directory {self.path}: {_oserror(exc)}; use another --out") from None
         try:
@@ -739,6 +761,7 @@ def run_benchmark(
               "times (--max-attempts)")
     built: dict[str, Any] = {}
     if plan.todo:
+        run.check_free()
         built = _build(config, agent, patient)  # before writing anything
     if not (plan.todo or state.needs_repair or not run.reports_fresh()):
         return _summarise(run, config, specs, state, skipped, write=False)
@@ -911,6 +934,12 @@ def _health_markdown(facts: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _merge(summary: dict[str, Any], facts: dict[str, Any]) -> None:
+    notes = [*summary.get("notes", []), *facts["notes"]]  # keep any notes the report writer added
+    summary.update(facts)
+    summary["notes"] = notes
+
+
 def _summarise(run: RunDir, config: BenchConfig, specs: Sequence[Spec], state: RunState, skipped: Sequence[str], *, write: bool) -> dict[str, Any]:
     from benchmarks.report import write_reports
 
@@ -921,11 +950,11 @@ def _summarise(run: RunDir, config: BenchConfig, specs: Sequence[Spec], state: R
         # and plots are made in a scratch directory and thrown away.
         with tempfile.TemporaryDirectory() as tmp:
             summary = write_reports(Path(tmp), config, episodes)
-        summary.update(facts)
+        _merge(summary, facts)
         return summary
     with run._writing(run.path / "report.md"):
         summary = write_reports(run.path, config, episodes)
-        summary.update(facts)
+        _merge(summary, facts)
         with (run.path / "report.md").open("a", encoding="utf-8") as fh:
             fh.write(_health_markdown(facts))
     # Strict JSON: NaN is not JSON (json.loads in other languages rejects it); null plus a note instead.

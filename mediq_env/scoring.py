@@ -588,9 +588,10 @@ PROXIES: Mapping[str, str] = {
     "every one of them was already known (an earlier turn or the opening); or by words, the same normalised text as "
     "an earlier question or a content-word Jaccard overlap >= the threshold.",
     "proxy_focus": "0 for an action the question-form gate rejects (keyword list, catch-all, statement, several "
-    "questions, a guess at the options, gibberish); otherwise 1 for a single question of 3..30 words, 0.5 for a single "
-    "one outside that length, 0 for a compound question (several question marks, or 'and/or' joining a second "
-    "interrogative clause).",
+    "questions, a guess at the options, gibberish) and for a repeat (as proxy_repeat judges it: re-asking what is "
+    "known is focused on nothing new); otherwise 1 for a single question of 3..30 words, 0.5 for a single one outside "
+    "that length, 0 for a compound question (several question marks, or 'and/or' joining a second interrogative "
+    "clause).",
     "proxy_relevance": "Highest cosine similarity between a fact the reply revealed and the correct option's text, "
     "with the MiniLM embedder (NaN without an embedder, a case or a revealed fact).",
 }
@@ -749,16 +750,20 @@ class EnvironmentScorer:
         # so it must pay neither answerable nor info gain (otherwise echoing the opening is rewarded).
         known = known_before(item.context, case)
         new = list(dict.fromkeys(i for i in reply.revealed if i not in known)) if reply is not None else []
+        signals = repeat_signals(item.question, item.context, case, reply, self.repeat_threshold)
         for p in self.proxies:
             if p == "proxy_repeat":
-                signals = repeat_signals(item.question, item.context, case, reply, self.repeat_threshold)
                 scores[p] = float(any(signals.values()))
                 raw[p] = signals
                 bounds[p] = (0.0, 1.0)
             elif p == "proxy_focus":
                 options = case.options if case is not None else item.context.options
                 feats = focus_features(item.question, options)
-                scores[p] = feats.pop("score")
+                feats["repeat"] = any(signals.values())
+                # Form alone must not pay a repeat: asked five times, one good question otherwise earned
+                # focus on every re-ask, more than the repeat penalty takes back (benchmarks/hacks.py).
+                scores[p] = 0.0 if feats["repeat"] else feats.pop("score")
+                feats.pop("score", None)
                 raw[p] = feats
                 bounds[p] = (0.0, 1.0)
             elif p == "proxy_relevance":

@@ -112,6 +112,8 @@ def params(trainer: PPOTrainer) -> dict[str, Any]:
         {"reward_weights": {"proxy_info_gian": 1.0}},
         {"max_seq_len": 10, "max_new_tokens": 48},
         {"ppo_epochs": 0},
+        {"temperature": 0.0},  # greedy rollouts: PPO would optimise a deterministic policy's ratio
+        {"top_p": 0.9},  # a nucleus gives -inf log-probs outside it: refused, see training.ppo's notes
     ],
 )
 def test_config_rejects_bad_values(kw: dict[str, Any]) -> None:
@@ -165,9 +167,9 @@ def test_only_the_doctors_sampled_tokens_are_actions(tiny_dir: Path, tmp_path: P
         ends = [t.end for t in ep.turns]
         assert all(e in positions for e in ends)
         masked_text = tok.decode([t for t, m in zip(ep.ids, ep.action_mask, strict=True) if not m])
-        for turn in ep.turns:
-            if turn.kind == "question":
-                assert "Sorry, I can't answer that." in masked_text or "The patient" in masked_text
+        # Every turn that did not end the episode is followed by a masked user message (the patient's reply
+        # and what to do next); the opening is the first one.
+        assert masked_text.count("<|im_start|>user") == 1 + len(ep.turns[:-1])
         action_text = tok.decode([ep.ids[p] for p in positions], skip_special_tokens=True)
         assert action_text == "".join(t.text for t in ep.turns)
         assert "Initial information" not in action_text
@@ -197,6 +199,85 @@ def test_a_hand_built_sequence_masks_prompt_and_patient_tokens(tiny_dir: Path, t
     # No trained position falls on a prompt or patient token.
     patient = set(range(len(prompt) + len(q), len(prompt) + len(q) + len(glue)))
     assert not patient & set(trained)
+
+
+# -- log-probabilities of the sampling distribution -----------------------------------------------------
+
+
+def test_training_logprobs_are_those_of_the_sampling_distribution(tiny_dir: Path, tmp_path: Path) -> None:
+    """At temperature 0.7 the rollout samples from softmax(logits / 0.7): the scoring pass (old log-probs)
+    and the first-epoch forward (new log-probs) must give every sampled token that same log-probability, so
+    the first ratio against the behaviour policy is 1. Scoring raw logits was off by ~0.35 nats."""
+    trainer = make_trainer(tiny_dir, tmp_path, temperature=0.7, record_rollout_logprobs=True, kl_coef=0.0)
+    episodes = trainer.rollout()
+    assert all(e.logprobs is not None and len(e.logprobs) == e.n_action_tokens for e in episodes)
+    batch = trainer.prepare_batch(episodes)
+    with torch.no_grad():
+        ids, attn, rows, cols = trainer._pad(episodes)
+        new_logp, _, _ = trainer.ac(ids, attn, rows, cols)
+    sampled = torch.tensor([lp for e in episodes for lp in e.logprobs or []])
+    old = torch.cat(batch.old_logp)
+    assert sampled.numel() == old.numel() > 0
+    torch.testing.assert_close(torch.exp(old - sampled), torch.ones_like(old), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.exp(new_logp - sampled), torch.ones_like(old), atol=1e-4, rtol=0)
+    assert batch.stats["rollout_logp_gap_max"] < 1e-4
+
+
+def _tiny_model(kind: str) -> Any:
+    import transformers
+
+    common = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
+    if kind == "granite":
+        cfg: Any = transformers.GraniteConfig(**common, logits_scaling=4.0, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.3)
+        model = transformers.GraniteForCausalLM(cfg)
+    else:
+        cfg = transformers.Gemma2Config(**common, head_dim=16, final_logit_softcapping=0.5)
+        model = transformers.Gemma2ForCausalLM(cfg)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["granite", "gemma2"])
+def test_action_logprobs_use_the_models_own_logit_transforms(kind: str) -> None:
+    """Granite divides its logits by ``logits_scaling``, Gemma-2 soft-caps them: the training log-probs must
+    be log_softmax of what the model's own forward returns (what ``generate`` samples from), / temperature."""
+    from training.ppo import action_logprobs
+
+    torch.manual_seed(0)
+    model = _tiny_model(kind)
+    ids = torch.randint(0, 96, (2, 9))
+    attn = torch.ones_like(ids)
+    attn[1, 7:] = 0  # right padding, as in training batches
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    cols = torch.tensor([2, 3, 7, 4, 5])
+    with torch.no_grad():
+        logp, entropy, _ = action_logprobs(model, ids, attn, rows, cols, temperature=0.7)
+        full = model(input_ids=ids, attention_mask=attn).logits[rows, cols].float() / 0.7
+    want_all = torch.log_softmax(full, -1)
+    want = want_all.gather(-1, ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, -(want_all.exp() * want_all).sum(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_separate_critic_never_computes_vocabulary_logits(tiny_dir: Path, tmp_path: Path) -> None:
+    """The critic's value needs its final hidden states only; its LM head must not run."""
+    trainer = make_trainer(tiny_dir, tmp_path, critic="separate")
+    critic = trainer.unwrapped.critic
+    episodes = trainer.rollout()
+    ids, attn, rows, cols = trainer._pad(episodes)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the critic computed vocabulary logits")
+
+    head = critic.get_output_embeddings()
+    head.forward = refuse
+    with torch.no_grad():
+        torch.nn.init.normal_(trainer.unwrapped.v_head.weight)  # a zero-initialised head would hide the values
+        logp, _, values = trainer.ac(ids, attn, rows, cols)
+        # The values are the value head on the critic body's last hidden states at the action states.
+        body = critic.model(input_ids=ids, attention_mask=attn).last_hidden_state[rows, cols]
+        want = trainer.unwrapped.v_head(body).squeeze(-1)
+    assert values is not None and values.shape == logp.shape
+    torch.testing.assert_close(values, want)
 
 
 # -- rewards --------------------------------------------------------------------------------------------
@@ -283,15 +364,39 @@ def test_masked_whiten() -> None:
 # -- training -------------------------------------------------------------------------------------------
 
 
-def test_two_updates_change_the_parameters_and_log_metrics(tiny_dir: Path, tmp_path: Path) -> None:
+def _surrogate(trainer: PPOTrainer, batch: Any) -> tuple[float, float, torch.Tensor]:
+    """The clipped policy loss and value loss of ``batch`` under the current weights, and the log-probs."""
+    cfg = trainer.config
+    with torch.no_grad():
+        ids, attn, rows, cols = trainer._pad(batch.episodes)
+        logp, _, values = trainer.ac(ids, attn, rows, cols)
+        parts = ppo_losses(
+            logp, torch.cat(batch.old_logp), torch.cat(batch.advantages), values, torch.cat(batch.old_values), torch.cat(batch.returns),
+            cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value,
+        )
+    return float(parts["policy"].mean()), float(parts["value"].mean()), logp
+
+
+def test_an_update_raises_the_logprob_of_rewarded_actions(tiny_dir: Path, tmp_path: Path) -> None:
+    """One PPO update must move the weights the right way on its own batch: the clipped surrogate and the
+    value loss go down, and the advantage-weighted change of the action log-probs is positive (actions
+    with a positive advantage became likelier, those with a negative one less likely)."""
+    trainer = make_trainer(tiny_dir, tmp_path, ppo_epochs=2)
+    batch = trainer.prepare_batch(trainer.rollout())
+    policy_before, value_before, logp_before = _surrogate(trainer, batch)
+    trainer.update(batch)
+    policy_after, value_after, logp_after = _surrogate(trainer, batch)
+    adv = torch.cat(batch.advantages)
+    assert adv.abs().sum() > 0
+    assert float((adv * (logp_after - logp_before)).sum()) > 0
+    assert policy_after < policy_before
+    assert value_after < value_before
+
+
+def test_two_updates_log_metrics_and_save(tiny_dir: Path, tmp_path: Path) -> None:
     trainer = make_trainer(tiny_dir, tmp_path, save_steps=0)
-    before = params(trainer)
     history = trainer.train()
-    after = params(trainer)
     assert len(history) == 2 and trainer.step_count == 2
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert any(k.startswith("policy.") for k in changed)
-    assert any(k.startswith("v_head.") for k in changed)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
     for key in ("reward/mean", "reward/length", "kl", "loss/policy", "loss/value", "clipfrac", "entropy", "tokens_per_s", "approx_kl"):
@@ -436,7 +541,7 @@ def test_adaptive_kl_controller() -> None:
     assert ctl.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
 
 
-def test_single_turn_prompts_from_given_states(tiny_dir: Path, tmp_path: Path) -> None:
+def test_single_turn_prompts_from_given_states(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mediq_env.dialogue import DialogueState
     from mediq_env.scoring import EnvironmentScorer
     from mediq_env.wrappers import RewardConfig
@@ -449,11 +554,19 @@ def test_single_turn_prompts_from_given_states(tiny_dir: Path, tmp_path: Path) -
         scorer=EnvironmentScorer(["proxy_focus"], embedder=None), reward_config=RewardConfig(weights={"proxy_focus": 2.0}),
         prompt_format=EnvPromptFormat(),
     )
+    # Scripted doctor: alternately one focused question (proxy_focus 1 -> reward 2 × 1) and a bare keyword
+    # (rejected by the question-form gate: focus 0 -> reward 0).
+    scripts = ["Do you smoke?", "smoke"]
+
+    def scripted(model: Any, contexts: Any, settings: Any, **kw: Any) -> list[list[int]]:
+        return [tok(scripts[i % 2], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for i in range(len(contexts))]
+
+    monkeypatch.setattr("training.rl_common.generate_batch", scripted)
     episodes = trainer.rollout()
     assert {e.case_id for e in episodes} == {"x"}
-    for e in episodes:
-        assert e.turns[0].reward == pytest.approx(e.turns[0].components["proxy:focus"])
-        assert e.turns[0].reward in (0.0, 1.0, 2.0)
+    assert [e.turns[0].text for e in episodes] == ["Do you smoke?", "smoke"] * 2
+    assert [e.turns[0].reward for e in episodes] == [2.0, 0.0, 2.0, 0.0]
+    assert [e.turns[0].components["proxy:focus"] for e in episodes] == [2.0, 0.0, 2.0, 0.0]
 
 
 def test_agent_prompt_format_speaks_the_agents_language() -> None:
@@ -522,7 +635,9 @@ def test_cli_trains_from_a_model_directory_and_a_cases_file(tiny_dir: Path, tmp_
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_missing_tracker_package_is_an_error_not_a_silent_drop() -> None:
+def test_a_requested_tracker_logs_or_fails_loudly(tiny_dir: Path, tmp_path: Path) -> None:
+    """report_to tensorboard: with the package, the run writes event files; without it, building the
+    trainer fails naming the package (accelerate would silently drop the tracker)."""
     import importlib.util
 
     from training.ppo import _check_trackers
@@ -530,9 +645,13 @@ def test_missing_tracker_package_is_an_error_not_a_silent_drop() -> None:
     _check_trackers([])
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(ConfigError, match="tensorboard"):
-            _check_trackers(["tensorboard"])
+            make_trainer(tiny_dir, tmp_path, report_to=["tensorboard"], num_updates=1)
+        assert not (tmp_path / "metrics.jsonl").exists()
     else:
-        _check_trackers(["tensorboard"])
+        trainer = make_trainer(tiny_dir, tmp_path, report_to=["tensorboard"], num_updates=1)
+        trainer.train()
+        events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+        assert events and all(e.stat().st_size > 0 for e in events)
 
 
 @pytest.mark.slow

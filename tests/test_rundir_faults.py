@@ -189,7 +189,7 @@ def test_damaged_manifest_is_refused_by_name(tmp_path: Path, content: bytes, why
 # -- 5. one run per directory at a time -------------------------------------------------------------------------
 
 
-def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
+def test_second_concurrent_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     started, release = threading.Event(), threading.Event()
 
@@ -215,6 +215,13 @@ def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
         with pytest.raises(RunDirError, match="in use by another run"):
             run_benchmark(cfg(), out, agent=second, progress=False)
         assert second.calls == 0
+
+        def no_model(config: BenchConfig) -> Any:
+            raise AssertionError("a model was loaded for a run that is then refused")
+
+        monkeypatch.setattr(bench, "build_agent", no_model)
+        with pytest.raises(RunDirError, match="in use by another run"):
+            run_benchmark(cfg(), out, progress=False)
     finally:
         release.set()
         thread.join(60)

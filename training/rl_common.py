@@ -539,6 +539,8 @@ def generate_batch(
         "pad_token_id": pad_id,
         "eos_token_id": list(eos_ids),
         "use_cache": True,
+        "output_scores": want_logprobs,
+        "return_dict_in_generate": want_logprobs,
     }
     if settings.temperature > 0:
         config_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
@@ -562,8 +564,6 @@ def generate_batch(
                     attention_mask=attention.to(device),
                     generation_config=gen_config,
                     synced_gpus=synced_gpus,
-                    output_scores=want_logprobs,
-                    return_dict_in_generate=want_logprobs,
                 )
                 seqs = gen.sequences if want_logprobs else gen
                 step_lp: torch.Tensor | None = None

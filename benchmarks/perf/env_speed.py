@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from mediq_env import BatchedEnv, MediQEnv, builtin_cases  # noqa: E402
-from mediq_env.patient import FactLookupPatient, FaithfulPatient, Patient  # noqa: E402
+from mediq_env.patient import FactLookupPatient, FaithfulPatient, Patient, PatientQuery  # noqa: E402
 
 QUESTIONS = [
     "How old are you?", "Do you smoke?", "Do you take any medication?", "Any fever?",
@@ -88,9 +88,7 @@ def measure(episodes: int = 256, max_questions: int = 10) -> dict[str, Any]:
     for name, patient in patients.items():
         # Warm the per-case indexes (built once per case and cached) so the figures are steady-state stepping.
         t0 = time.perf_counter()
-        for c in builtin_cases():
-            patient.reply_batch([])
-            patient.reply(c, "How old are you?")
+        patient.reply_batch([PatientQuery(c, "How old are you?") for c in builtin_cases()])
         out[f"{name}_index_build_ms_per_case"] = (time.perf_counter() - t0) / len(builtin_cases()) * 1000
         for unique in (False, True):
             tag = "unique" if unique else "repeated"
