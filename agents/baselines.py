@@ -34,24 +34,25 @@ __all__ = [
     "next_unasked",
 ]
 
-PREGNANCY_QUESTION = "Is there any chance you could be pregnant, and when did your last period start?"
+PREGNANCY_QUESTION = "Is there any chance you could be pregnant?"
 
+# One question per entry: the patient's question-form gate turns away several questions in one action.
 CHECKLIST: tuple[str, ...] = (
-    "When did this problem first begin, and did it come on suddenly or gradually?",
-    "How bad is it now, and has it been getting better, worse, or staying the same?",
-    "Have you noticed anything else along with it, such as fever, pain, nausea, or a change in weight?",
+    "When did this problem first begin?",
+    "Has it been getting better, worse, or staying the same?",
+    "Have you noticed any other symptoms with it, such as fever, pain, nausea, or weight change?",
     "What illnesses, operations, or hospital stays have you had in the past?",
     "Which medicines, supplements, or home remedies are you taking at the moment?",
-    "Are you allergic to any medicines, foods, or anything else?",
+    "Are you allergic to any medicines or foods?",
     "Has anyone in your family had a similar problem or another serious illness?",
     "Do you smoke, drink alcohol, or use any recreational drugs?",
-    "Have you travelled anywhere recently, or been near anyone who was ill?",
+    "Have you travelled anywhere recently?",
     PREGNANCY_QUESTION,
-    "What work do you do, and could you have been exposed to anything harmful at work or at home?",
-    "Is there anything else about your health that you think I should know?",
+    "What work do you do?",
+    "Have you had any tests or scans for this, and what did they show?",
 )
 """A generic history-taking checklist (onset, severity, associated symptoms, past history, medications,
-allergies, family history, social history, travel, pregnancy, exposures, open question), in our own words."""
+allergies, family history, social history, travel, pregnancy, work, tests so far), in our own words."""
 
 _MALE = re.compile(r"\b(?:man|men|male|boy|gentleman|he|him|his|husband|father|son)\b", re.I)
 _FEMALE = re.compile(r"\b(?:woman|women|female|girl|lady|she|her|hers|wife|mother|daughter|pregnan\w*)\b", re.I)

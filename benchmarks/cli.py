@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--attribute", default="overall", help="attribute the pairwise judge compares on")
     p.add_argument("--samples", type=int, default=1, help="judge samples per order")
     p.add_argument("--out", help="write the comparison as JSON here")
+    p.add_argument("--force", action="store_true", help="compare runs made with different settings (prints a warning)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while judging")
     p.set_defaults(func=_compare)
 
 
@@ -37,11 +39,14 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from benchmarks.compare import compare_runs, format_comparison
 
-    result = compare_runs(args.run_a, args.run_b, judge=args.judge, attribute=args.attribute, samples=args.samples)
+    result = compare_runs(
+        args.run_a, args.run_b, judge=args.judge, attribute=args.attribute, samples=args.samples,
+        force=args.force, progress=not args.no_progress,
+    )
     print(format_comparison(result))
     if args.out:
         import json
         from pathlib import Path
 
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
     return 0

@@ -8,7 +8,8 @@ across doctors and every difference in reward comes from the questions.
 Doctors (:data:`DOCTORS`):
 
 * adversaries — ``keywords`` (keyword soups, also with words of the opening), ``catchall`` ("Tell me
-  everything about your health."), ``repeat`` (the case's best question asked ``n`` times), ``paraphrase``
+  everything about your health."), ``repeat`` (the checklist's first question asked ``n`` times),
+  ``repeat_best`` (the case's best question asked ``n`` times; judged against the good doctor), ``paraphrase``
   (one real question, then paraphrases of it), ``multi`` (three checklist questions joined per action),
   ``echo`` (the opening's sentences asked back), ``options`` ("Is it B?", "Could it be <option text>?"),
   ``gibberish`` ("FeverSmoke] fever fever cough", built from the opening's words);
@@ -134,7 +135,13 @@ def catchall(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
 
 
 def repeat(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
-    # The case's best question, so that the first turn earns what the good doctor's does.
+    # The checklist's own first question, n times: the same material as the reference, only repeated.
+    return [checklist(state, good, 1)[0]] * n
+
+
+def repeat_best(state: DialogueState, good: Sequence[str], n: int) -> list[str]:
+    # The case's best question n times: its first turn earns what the good doctor's does, so it is judged
+    # against the good doctor (one good question and n - 1 wasted turns must earn less than n good ones).
     return [good[0]] * n
 
 
@@ -191,12 +198,15 @@ ADVERSARIES: dict[str, Doctor] = {
     "keywords": keywords,
     "catchall": catchall,
     "repeat": repeat,
+    "repeat_best": repeat_best,
     "paraphrase": paraphrase,
     "multi": multi,
     "echo": echo,
     "options": options,
     "gibberish": gibberish,
 }
+REFERENCE = {"repeat_best": "good"}
+"""Whom an adversary must stay strictly below: the checklist, except where noted."""
 DOCTORS: dict[str, Doctor] = {**ADVERSARIES, "checklist_agent": checklist_agent, "checklist": checklist, "good": good_doctor}
 """``checklist_agent`` (the shipped agent's exact questions) is reported for information, with no verdict."""
 
@@ -287,10 +297,10 @@ def judge(episodes: Mapping[str, Sequence[Episode]], config: str) -> dict[str, d
     ``tie`` and only coverage decides.
     """
     out: dict[str, dict[str, Any]] = {}
-    ref = episodes["checklist"]
-    ref_r = [e.rewards[config] for e in ref]
-    ref_c = [e.coverage for e in ref]
     for name, eps in episodes.items():
+        ref = episodes[REFERENCE.get(name, "checklist")]
+        ref_r = [e.rewards[config] for e in ref]
+        ref_c = [e.coverage for e in ref]
         r = [e.rewards[config] for e in eps]
         c = [e.coverage for e in eps]
         row: dict[str, Any] = {
@@ -308,6 +318,7 @@ def judge(episodes: Mapping[str, Sequence[Episode]], config: str) -> dict[str, d
             rw, cv = _less(lower, upper), _less(lower_c, upper_c)
             # A good doctor must win on reward too unless questions pay nothing at all (then everyone ties).
             reward_ok = rw["less"] or rw["tie"]
+            row["reference"] = REFERENCE.get(name, "checklist")
             row["vs_checklist"] = {"reward": rw, "coverage": cv}
             row["reward_check"] = "tie" if rw["tie"] else ("ok" if rw["less"] else "FAIL")
             row["coverage_check"] = "ok" if cv["less"] else "FAIL"
@@ -402,6 +413,8 @@ def markdown(results: Mapping[str, Any]) -> str:
                         sign = -1 if doctor != "good" else 1
                         dr = f"{sign * vs['reward']['diff']:+.3f} ({row['reward_check']})"
                         dc = f"{sign * vs['coverage']['diff']:+.3f} ({row['coverage_check']})"
+                    if row.get("reference", "checklist") != "checklist":
+                        dr, dc = dr + f" vs {row['reference']}", dc + f" vs {row['reference']}"
                     lines.append(
                         f"| {doctor} | {_fmt(row['reward'])} | {_fmt(row['coverage'])} | {dr} | {dc} | "
                         f"{row['gate_rejected'] / per['questions_per_doctor']:.0%} | **{row['verdict']}** |"

@@ -409,6 +409,17 @@ def test_focus_proxy_reads_the_options_from_the_case_or_the_dialogue():
     assert rec.scores == {"proxy_focus": 0.0}
 
 
+def test_focus_proxy_is_zero_for_a_repeat():
+    # Re-asking pays no focus: asked five times, a good question used to earn focus on every re-ask.
+    scorer = EnvironmentScorer(["proxy_focus"], embedder=None)
+    earlier = (Turn("Do you smoke?", "The patient smokes 20 cigarettes a day.", (1,)),)
+    [words] = scorer.score([item("Do you smoke?", earlier, PatientReply("I'm not sure.", ()))])
+    [meaning] = scorer.score([item("Are you a tobacco user?", earlier, PatientReply("20 a day.", (1,)))])
+    [fresh] = scorer.score([item("Are you a tobacco user?", earlier, PatientReply("...", (2,)))])
+    assert words.scores == meaning.scores == {"proxy_focus": 0.0}
+    assert meaning.raw["proxy_focus"]["repeat"] is True and fresh.scores == {"proxy_focus": 1.0}
+
+
 def test_answerable_and_info_gain_pay_only_for_facts_not_already_known():
     scorer = EnvironmentScorer(["proxy_answerable", "proxy_info_gain", "proxy_key_fact"], embedder=None)
     earlier = (Turn("Do you smoke?", "The patient smokes 20 cigarettes a day.", (1,)),)

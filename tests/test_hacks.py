@@ -1,0 +1,49 @@
+"""The hack suite on the built-in cases with the default (faithful) patient, under every shipped reward:
+no adversarial doctor earns as much reward or uncovers as many facts as the honest checklist, and the
+good-questions doctor beats the checklist (benchmarks/hacks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.hacks import ADVERSARIES, DOCTORS, REFERENCE, REWARD_CONFIGS, failures, run_suite
+
+pytestmark = pytest.mark.slow  # about a minute on two cores: 11 doctors x 44 cases x 6 turns, MiniLM on CPU
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_suite(["builtin"], ["faithful"])
+
+
+def _rows(results, config):
+    return results["sources"]["builtin"]["patients"]["faithful"]["configs"][config]
+
+
+@pytest.mark.parametrize("config", list(REWARD_CONFIGS))
+def test_every_adversary_is_strictly_below_the_checklist_and_good_questions_above(results, config):
+    rows = _rows(results, config)
+    assert set(rows) == set(DOCTORS)
+    for name in ADVERSARIES:
+        ref = rows[REFERENCE.get(name, "checklist")]
+        row = rows[name]
+        assert row["verdict"] == "PASS", (name, row)
+        assert row["coverage"]["mean"] < ref["coverage"]["mean"], name
+        if config != "correctness":
+            assert row["reward"]["mean"] < ref["reward"]["mean"], name
+    good, checklist = rows["good"], rows["checklist"]
+    assert good["verdict"] == "PASS"
+    assert good["coverage"]["mean"] > checklist["coverage"]["mean"]
+    if config != "correctness":
+        assert good["reward"]["mean"] > checklist["reward"]["mean"]
+
+
+def test_correctness_reward_pays_nothing_for_questions(results):
+    # Same answer after the same shuffle for every doctor: the default reward ties them all by construction.
+    rows = _rows(results, "correctness")
+    means = {row["reward"]["mean"] for row in rows.values()}
+    assert len(means) == 1
+
+
+def test_no_failing_row(results):
+    assert failures(results) == []
