@@ -10,6 +10,7 @@ decision was made in ``AgentStep.info``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from agents.base import Agent, AgentStep
@@ -19,6 +20,7 @@ from mediq_env.errors import ConfigError
 
 __all__ = [
     "AGENT_SPECS",
+    "BASELINE_SPECS",
     "CHECKLIST",
     "Agent",
     "AgentStep",
@@ -27,14 +29,32 @@ __all__ = [
     "LLMAgent",
     "RandomQuestionAgent",
     "make_agent",
+    "valid_agent_specs",
 ]
 
-AGENT_SPECS = (
+BASELINE_SPECS = (
     "'answer-now' or 'answer-now:<letter>'",
     "'checklist'",
     "'random' or 'random:<seed>' (seed 0 unless given)",
-    "'llm:<backend spec>' (e.g. 'llm:smollm2', 'llm:hf:<model>')",
 )
+AGENT_SPECS = (*BASELINE_SPECS, "'llm:<backend spec>' (e.g. 'llm:smollm2', 'llm:hf:<model>')")
+
+
+def _backend_kinds() -> tuple[str, ...]:
+    """The backend kinds the factory builds ('scripted', 'smollm2', 'hf', ...), read from its spec forms."""
+    from mediq_env.backends.factory import SPEC_FORMS
+
+    return tuple(m.group(1) for m in (re.match(r"'([\w-]+)", form) for form in SPEC_FORMS) if m)
+
+
+def valid_agent_specs() -> str:
+    """Every form an agent spec may take, baselines and model backends, for error messages."""
+    from mediq_env.backends.factory import SPEC_FORMS
+
+    return (
+        f"baseline agents {', '.join(BASELINE_SPECS)}; or a model, 'llm:<backend spec>' ('mediq bench --agent' "
+        f"also takes the backend spec alone), with backend specs {', '.join(SPEC_FORMS)}"
+    )
 
 
 def make_agent(spec: str, **kw: Any) -> Agent:
@@ -45,7 +65,7 @@ def make_agent(spec: str, **kw: Any) -> Agent:
     (with ``question_backend_options``) as well as a backend object.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"empty agent spec; valid forms: {', '.join(AGENT_SPECS)}")
+        raise ConfigError(f"empty agent spec; use one of the {valid_agent_specs()}")
     kind, sep, arg = spec.strip().partition(":")
     kind = kind.lower()
     if kind == "answer-now":
@@ -65,6 +85,8 @@ def make_agent(spec: str, **kw: Any) -> Agent:
     if kind == "llm":
         if not arg:
             raise ConfigError(f"invalid agent spec {spec!r}: 'llm:' needs a backend spec after the colon")
+        if arg.strip().partition(":")[0].lower() not in _backend_kinds():
+            raise ConfigError(f"unknown agent or model backend {arg.strip()!r}; use one of the {valid_agent_specs()}")
         # Imported here: the factory pulls in backend modules that the baselines never need.
         from mediq_env.backends.factory import make_backend
 
@@ -74,4 +96,4 @@ def make_agent(spec: str, **kw: Any) -> Agent:
         if isinstance(question_backend, str):
             question_backend = make_backend(question_backend, **question_options)
         return LLMAgent(backend, question_backend=question_backend, **kw)
-    raise ConfigError(f"invalid agent spec {spec!r}; valid forms: {', '.join(AGENT_SPECS)}")
+    raise ConfigError(f"invalid agent spec {spec!r}; use one of the {valid_agent_specs()}")

@@ -1,4 +1,5 @@
-"""The benchmark's ``mediq`` sub-commands: ``bench``, ``report`` and ``compare`` (registered by entry point)."""
+"""The benchmark's ``mediq`` sub-commands: ``bench``, ``report``, ``compare``, ``view`` and ``export`` (registered
+by entry point)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar while judging")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("view", help="one self-contained HTML file to read runs: leaderboard, episodes as chats, filters")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", help="HTML file to write (default: <run>/viewer.html for one run, ./viewer.html for several)")
+    p.add_argument("--serve", action="store_true", help="also serve it on http://127.0.0.1 until Ctrl-C")
+    p.add_argument("--cases", help="the cases file the runs used, when the path in their manifest no longer resolves")
+    p.set_defaults(func=_view)
+
+    p = sub.add_parser("export", help="a run's episodes (chat format + rewards) or synth pairs as a training dataset")
+    p.add_argument("path", help="a run directory, or a `mediq synth` output folder (preference pairs)")
+    p.add_argument("--format", required=True, choices=["jsonl", "parquet", "hf"],
+                   help="jsonl / parquet: one file; hf: a datasets.save_to_disk folder")
+    p.add_argument("--out", required=True, help="file (jsonl, parquet) or folder (hf) to write")
+    p.add_argument("--cases", help="the cases file the run used, when the path in its manifest no longer resolves")
+    p.add_argument("--modes", help="only these run modes, comma-separated (default: all)")
+    p.add_argument("--pairs", choices=["pairs", "overall"], default="pairs",
+                   help="synth folders: per-attribute pairs, or the pooled overall pairs")
+    p.set_defaults(func=_export)
+
 
 def _report(args: argparse.Namespace) -> int:
     from benchmarks.report import leaderboard
@@ -49,4 +68,19 @@ def _compare(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         Path(args.out).write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from benchmarks.view import run_view
+
+    return run_view(args.runs, out=args.out, serve_after=args.serve, cases=args.cases)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from benchmarks.export import export
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+    out, n = export(args.path, args.format, args.out, cases=args.cases, modes=modes, pairs=args.pairs)
+    print(f"wrote {n} rows to {out}")
     return 0

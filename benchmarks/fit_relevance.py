@@ -31,6 +31,7 @@ __all__ = ["choose_rule", "features_for", "fit"]
 # Constraints the rule is chosen under (a little inside the published targets, to leave room for noise).
 MAX_OFF_TARGET = 0.04
 MIN_ABSTAINED = 0.90
+ANSWER_ALL = 5
 
 
 def _blank_head() -> RelevanceHead:
@@ -54,7 +55,9 @@ def _select(probs: np.ndarray, threshold: float, relative: float, k: int) -> tup
 def choose_rule(probes: list[Probe], probs: list[np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (threshold, relative, k) that answers most while meeting the off-target and abstention bounds."""
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
-    for threshold, relative, k in itertools.product(np.arange(0.10, 0.91, 0.02), (0.0, 0.5, 0.7, 0.85), (1, 2, 3)):
+    # k is not tuned: a patient asked "which medicines do you take?" names all of them at once, so that a
+    # paraphrased re-ask finds nothing new (the hack suite's paraphrase doctor) — up to ANSWER_ALL facts.
+    for threshold, relative, k in itertools.product(np.arange(0.10, 0.91, 0.02), (0.0, 0.5, 0.7, 0.85), (ANSWER_ALL,)):
         revealed = [_select(p, float(threshold), relative, k) for p in probs]
         m = probe_metrics(probes, revealed)
         feasible = m["off_target"] <= MAX_OFF_TARGET and m["abstained"] >= MIN_ABSTAINED

@@ -7,12 +7,15 @@ The setting:
   one token), and a small initialiser range so that the untrained policy samples almost uniformly over the
   vocabulary.
 * **Episodes**: 2 questions then the forced answer, at most 6 new tokens per turn, through
-  :class:`~mediq_env.BatchedEnv` with the deterministic :class:`~mediq_env.FactLookupPatient`.
-* **Reward**: 1 per question whose reply reveals a case fact (the ``proxy_answerable`` score of
-  :class:`~mediq_env.scoring.EnvironmentScorer`, weight 1 in the :class:`~mediq_env.wrappers.RewardConfig`),
-  nothing for the answer. A question reveals a fact when it contains one of the facts' content words (fever,
-  cough, smoke, chest, pain, rash, blood, stool, poor, sleep, weight, loss — or a thesaurus sibling), so the optimum is known: put such
-  a word in both questions, for an episode reward of **2**. A uniformly random 6-token question rarely does.
+  :class:`~mediq_env.BatchedEnv` with the default :class:`~mediq_env.FaithfulPatient` (question-form gate,
+  then a learned decision per fact).
+* **Reward**: 1 per question whose reply reveals a case fact not known before (the ``proxy_answerable``
+  score of :class:`~mediq_env.scoring.EnvironmentScorer`, weight 1), nothing for the answer. The vocabulary
+  holds the facts' content words and a few question words, so the optimum is known: two well-formed
+  questions about two different facts ("fever?", "any weight loss?"), for an episode reward of **2**.
+  Keyword strings, repeated words and fused tokens — what this check converged on with the earlier
+  word-overlap patient ("FeverSmoke] fever fever") — are turned away by the gate and earn nothing, and
+  re-asking about a revealed fact earns nothing either.
 
 Every part of the trainer is on the path: batched multi-turn rollouts, per-question rewards on each
 question's last token, a KL penalty to the frozen initial policy, GAE, clipped losses, minibatches.
@@ -33,6 +36,7 @@ from benchmarks.common import RESULTS_DIR, write_result
 __all__ = ["GOOD_WORDS", "build_policy", "learning_cases", "learning_config", "main", "run"]
 
 GOOD_WORDS = ("fever", "cough", "smoke", "chest", "pain", "rash", "blood", "stool", "poor", "sleep", "weight", "loss")
+QUESTION_WORDS = ("do", "you", "have", "any", "does", "it")
 OPTIMAL_REWARD = 2.0
 
 
@@ -59,7 +63,7 @@ def build_policy(out_dir: Path, seed: int = 0, vocab_size: int = 384) -> tuple[A
 
     from mediq_env.backends.tiny import build_tiny_causal_lm
 
-    path = build_tiny_causal_lm(out_dir, seed=seed, vocab_size=vocab_size, vocab_corpus=GOOD_WORDS)
+    path = build_tiny_causal_lm(out_dir, seed=seed, vocab_size=vocab_size, vocab_corpus=GOOD_WORDS + QUESTION_WORDS)
     config = AutoConfig.from_pretrained(path)
     # The builder's large init (0.5) makes a peaked, prompt-dependent distribution; a near-uniform start
     # is the honest baseline for "learns which words pay".
@@ -144,7 +148,7 @@ def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | N
             "max_questions": 2,
             "max_new_tokens": 6,
             "vocab_size": len(tokenizer),
-            "reward": "1 per question whose reply reveals a fact (proxy_answerable); 0 for the answer",
+            "reward": "1 per question whose reply reveals a new fact (proxy_answerable, faithful patient); 0 for the answer",
             "optimal_episode_reward": OPTIMAL_REWARD,
             "seed": seed,
         },
@@ -182,7 +186,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += [
         f"| {c['update']} | {c['reward']:.3f} | {c['entropy']:.2f} | {c['kl']:.3f} | {c['clipfrac']:.2f} |" for c in result["curve"]
     ]
-    lines += ["", "Questions written after training (first episodes): " + "; ".join(repr(q) for qs in result["sample_questions_after_training"] for q in qs[:1])]
+    lines += ["", "Questions written after training (first four episodes, both turns): " + "; ".join(repr(q) for qs in result["sample_questions_after_training"] for q in qs)]
     return "\n".join(lines) + "\n"
 
 

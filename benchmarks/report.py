@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -269,24 +270,34 @@ def accuracy_figure(summary: dict[str, Any]) -> Any | None:
 
 
 def load_run(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A run's manifest and its episode records."""
-    run = Path(path)
-    manifest_path = run / "manifest.json"
-    if not manifest_path.exists():
-        from mediq_env.errors import ConfigError
+    """A run's manifest and its episode records, read the way ``mediq bench`` reads them (never writing).
 
+    Each episode key gives its last valid record (a retried episode's earlier attempts are not counted
+    twice). Damaged lines of ``episodes.jsonl`` are skipped and counted in one note on stderr, so every
+    valid record is still used; a missing or damaged manifest is refused with a one-line
+    :class:`~mediq_env.errors.ConfigError`, since without it the episodes' config is unknown.
+    """
+    from benchmarks.run import RunDir, RunDirError
+    from mediq_env.errors import ConfigError
+
+    run = Path(path)
+    if not (run / "manifest.json").exists():
         raise ConfigError(f"{run} is not a run directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    episodes_path = run / "episodes.jsonl"
-    episodes = []
-    if episodes_path.exists():
-        for line in episodes_path.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                try:
-                    episodes.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-    return manifest, episodes
+    try:
+        state = RunDir(run).read()
+    except RunDirError as exc:
+        raise ConfigError(f"cannot report on {run}: {exc}") from None
+    assert state.manifest is not None  # read() returns None only for a missing manifest, checked above
+    if state.damaged:
+        shown = "; ".join(f"line {d.line}: {d.reason}" for d in state.damaged[:3])
+        more = f"; +{len(state.damaged) - 3} more" if len(state.damaged) > 3 else ""
+        print(
+            f"note: {run / 'episodes.jsonl'}: skipped {len(state.damaged)} damaged line(s) ({shown}{more}); "
+            f"using the {len(state.records)} valid episode record(s). Rerunning `mediq bench` with this --out "
+            "moves the damaged lines aside and runs those episodes again.",
+            file=sys.stderr,
+        )
+    return state.manifest, list(state.records.values())
 
 
 def leaderboard(paths: Sequence[str | Path]) -> str:

@@ -168,7 +168,8 @@ def test_compare_win_rate_with_scripted_judge(tmp_path):
 
 @pytest.mark.shared
 def test_askdocs_with_baseline_agent(shared_data, tmp_path):
-    cfg = BenchConfig(agent="checklist", cases=str(shared_data / "mediq_askdocs_dev.jsonl"), max_questions=3, scorer="none", modes=("interactive",))
+    # The harness, not the patient, is under test here: the model-free BM25 patient keeps it fast.
+    cfg = BenchConfig(agent="checklist", cases=str(shared_data / "mediq_askdocs_dev.jsonl"), max_questions=3, scorer="none", modes=("interactive",), patient="bm25")
     summary = run_benchmark(cfg, tmp_path / "run", progress=False)
     inter = summary["modes"]["interactive"]
     assert inter["episodes"] == 205 and inter["failed"] == 0

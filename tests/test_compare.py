@@ -36,7 +36,8 @@ def _write_run(path: Path, correct: list[bool], *, agent: str = "x", sha: str = 
     (path / "manifest.json").write_text(json.dumps(manifest))
     lines = [
         json.dumps({"key": f"interactive/c{i}#r0", "mode": "interactive", "case_id": f"c{i}", "correct": c,
-                    "questions_asked": 1, "turns": [_q("Age?"), {"action_type": "answer", "action": {"answer": "A"}}]})
+                    "questions_asked": 1, "error": None,
+                    "turns": [_q("Age?"), {"action_type": "answer", "action": {"answer": "A"}}]})
         for i, c in enumerate(correct)
     ]
     (path / "episodes.jsonl").write_text("\n".join(lines) + "\n")

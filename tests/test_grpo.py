@@ -18,7 +18,14 @@ pytest.importorskip("trl")
 
 from mediq_env.case import Case  # noqa: E402
 from mediq_env.errors import ConfigError  # noqa: E402
-from training.grpo import GRPOEnvConfig, build_grpo_trainer, episode_dataset, episode_return, episode_seed, episodes_to_rollout  # noqa: E402
+from training.grpo import (  # noqa: E402
+    GRPOEnvConfig,
+    build_grpo_trainer,
+    episode_dataset,
+    episode_return,
+    episode_seed,
+    episodes_to_rollout,
+)
 from training.rl_common import Episode, TurnLog, make_prompt_format  # noqa: E402
 
 CASES = [
@@ -127,8 +134,6 @@ def _seq_logp(model: Any, prompt: list[int], completion: list[int], mask: list[i
 
 
 def test_two_grpo_steps_make_above_average_episodes_likelier(tiny_dir: Path, tmp_path: Path) -> None:
-    import copy
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config(tmp_path)
@@ -139,21 +144,22 @@ def test_two_grpo_steps_make_above_average_episodes_likelier(tiny_dir: Path, tmp
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     trainer = build_grpo_trainer(cfg, model=model, tokenizer=tokenizer, env=env)
-    before = copy.deepcopy(trainer.model).eval()
     seen = _capture(trainer)
     trainer.train()
     assert trainer.state.global_step == 2
     # The GRPO objective moved the right way on the episodes it was trained on: the group-normalised
     # advantage times the change of each episode's doctor-token log-probability sums to > 0.
-    after = trainer.model.eval()
-    print("CHANGED", sum(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters())), [e.get("loss") for e in trainer.state.log_history])
+    # Fresh copies: the initial weights from disk, the trained ones loaded into a plain model (TRL patches
+    # the trained model's forward, and a deepcopy would keep calling the original through that patch).
+    before = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    after = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    after.load_state_dict(trainer.model.state_dict())
     gain, total = 0.0, 0.0
     for batch in seen:
         returns = torch.tensor(batch["episode_return"], dtype=torch.float32).view(-1, cfg.num_generations)
         adv = ((returns - returns.mean(1, keepdim=True)) / (returns.std(1, keepdim=True) + 1e-4)).flatten()
         for a, p, c, m in zip(adv.tolist(), batch["prompt_ids"], batch["completion_ids"], batch["env_mask"], strict=True):
             delta = _seq_logp(after, p, c, m) - _seq_logp(before, p, c, m)
-            print("D", a, delta, sum(m), type(p), len(c))
             gain += a * delta
             total += abs(a)
     assert total > 0 and gain > 0, [(b["step"], b["episode_return"]) for b in seen]
@@ -166,3 +172,70 @@ def test_two_grpo_steps_make_above_average_episodes_likelier(tiny_dir: Path, tmp
         assert components + length == pytest.approx(entry["rewards/episode_return/mean"], abs=1e-5)
         # Two doctor turns of at most 5 tokens each: the patient's tokens are not counted as completion.
         assert entry["completions/max_length"] <= 10
+
+
+def test_each_generation_step_reshuffles_the_options(tiny_dir: Path, tmp_path: Path) -> None:
+    """seeds_per_case=1: the dataset has one row per case, but each generation step plays it with a new
+    seed (a new option order), the same for every episode of the group."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert [episode_seed(0, s, 1) for s in range(3)] == [0, 1, 2]
+    assert {episode_seed(b, s, 2) for b in range(2) for s in range(3)} == set(range(6))  # rows never collide
+    four = [
+        Case(id=f"f{i}", initial_info=f"A woman has had a rash for {i + 2} days.", facts=CASES[0].facts, question="Most likely cause?",
+             options={"A": "eczema", "B": "measles", "C": "scabies", "D": "psoriasis"}, answer="A")
+        for i in range(2)
+    ]
+    cfg = config(tmp_path, max_new_tokens=2)
+    trainer = build_grpo_trainer(
+        cfg, model=AutoModelForCausalLM.from_pretrained(tiny_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_dir), env=cfg.build_env(4, cases=four)
+    )
+    prompt = trainer.train_dataset[0]["prompt"]
+    tok = trainer.processing_class
+    openings = []
+    for step in range(4):
+        trainer.state.global_step = step
+        out = trainer.rollout_func([prompt, prompt], trainer)
+        assert out["prompt_ids"][0] == out["prompt_ids"][1]  # one group, one opening
+        openings.append(tok.decode(out["prompt_ids"][0]))
+    assert openings[0] == tok.decode(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+    assert len(set(openings)) > 1
+
+
+def test_episodes_cut_before_their_first_turn_stay_out_of_the_baseline(tiny_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    long_case = Case(id="long", initial_info="The patient reports a cough. " * 80, facts=CASES[0].facts, question="Most likely cause?",
+                     options={"A": "eczema", "B": "measles"}, answer="A")
+    cases = [CASES[0], long_case]  # two rows, two groups a step: every step plays both
+    cfg = config(tmp_path, max_seq_len=300, max_steps=1)
+    env = LengthBonus(cfg.build_env(4, cases=cases))
+    trainer = build_grpo_trainer(
+        cfg, model=AutoModelForCausalLM.from_pretrained(tiny_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_dir), env=env
+    )
+    seen = _capture(trainer)
+    advantages: list[float] = []
+    score = trainer._generate_and_score_completions
+
+    def scoring(inputs: Any) -> Any:
+        out = score(inputs)
+        advantages.extend(out["advantages"].tolist())
+        return out
+
+    trainer._generate_and_score_completions = scoring
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(logs) == len(seen) == 1
+    cut_total = 0
+    for entry, batch in zip(logs, seen, strict=True):
+        played = [r for r in batch["episode_return"] if r is not None]
+        cut = len(batch["episode_return"]) - len(played)
+        cut_total += cut
+        # The logged mean reward is over played episodes only, and the cut ones are counted.
+        assert entry["reward"] == pytest.approx(sum(played) / len(played), abs=1e-5)
+        assert entry["episodes/cut_before_first_turn"] == cut
+    assert cut_total == cfg.num_generations
+    # TRL gave the cut episodes advantage 0 (they are NaN in its baseline), the played ones a real one.
+    returns = [r for batch in seen for r in batch["episode_return"]]
+    assert [a for a, r in zip(advantages, returns, strict=True) if r is None] == [0.0] * cut_total
+    assert any(a != 0 for a, r in zip(advantages, returns, strict=True) if r is not None)

@@ -269,8 +269,11 @@ def test_leaderboard_shows_fallback_rate_and_facts_per_question(tmp_path):
     for name, kinds in (("llm", [["question_missing"], ["question_missing"], []]), ("clean", [[], [], []])):
         run = tmp_path / name
         run.mkdir()
-        (run / "manifest.json").write_text(json.dumps({"config": {"agent": name, "cases": None, "max_questions": 2, "seed": 0}}))
-        (run / "episodes.jsonl").write_text(json.dumps(_llm_episode(kinds)) + "\n")
+        (run / "manifest.json").write_text(
+            json.dumps({"config": {"agent": name, "cases": None, "max_questions": 2, "seed": 0}, "cases_sha256": "abc"})
+        )
+        record = {**_llm_episode(kinds), "key": "interactive/c0#r0", "case_id": "c0", "error": None}
+        (run / "episodes.jsonl").write_text(json.dumps(record) + "\n")
     table = leaderboard([tmp_path / "llm", tmp_path / "clean"])
     assert "fallback" in table.splitlines()[0] and "new facts per question" in table.splitlines()[0]
     assert "66.7% ⚠" in table and "measure the fallback" in table
