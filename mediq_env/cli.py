@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TextIO
 
 from mediq_env.case import Case, LoadReport, read_cases
@@ -182,7 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shadowed_agents() -> str | None:
+    """Another distribution's top-level ``agents`` package (openai-agents, which verifiers depends on) hides
+    ours; every command that builds a doctor would then fail with a confusing ImportError."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("agents")
+    if spec is None or spec.origin is None:
+        return None
+    ours = Path(__file__).resolve().parent.parent / "agents"
+    return None if Path(spec.origin).resolve().parent == ours or (Path(spec.origin).parent / "rollout.py").exists() else spec.origin
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if (other := _shadowed_agents()) is not None:
+        print(
+            f"mediq: error: the package 'agents' resolves to {other}, not mediq-env's doctor agents: another "
+            "distribution (openai-agents, required by verifiers) ships a package of the same name. Install "
+            "'mediq-env[verifiers]' in its own environment (the verifiers adapter needs only mediq_env).",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

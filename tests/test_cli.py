@@ -103,3 +103,28 @@ def test_unknown_case_is_one_line_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("mediq: error:") and err.count("\n") == 1
     json.dumps(err)
+
+
+def test_a_shadowing_agents_package_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """openai-agents (a dependency of verifiers) ships a top-level `agents` package that hides ours."""
+    import importlib.machinery
+    import importlib.util
+
+    from mediq_env import cli
+
+    fake = tmp_path / "site-packages" / "agents" / "__init__.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("")
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "agents":
+            return importlib.machinery.ModuleSpec("agents", None, origin=str(fake))
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert cli.main(["validate", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "openai-agents" in err and str(fake) in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    assert cli._shadowed_agents() is None  # ours, here

@@ -15,6 +15,7 @@ Each part skips when its package is absent; none of them may be imported by ``im
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -324,9 +325,45 @@ def test_verifiers_env_scores_with_the_env_reward() -> None:
     for out in outputs:
         info = out["info"]
         expected = replay(info["case_id"], info["seed"], ["Do you have a fever?", "ANSWER: A"], 1)
-        assert out["reward"] == pytest.approx(expected)
+        assert out["reward"] == pytest.approx(expected), {k: out.get(k) for k in ("error",)}
         assert out["metrics"]["questions_asked"] == 1.0 and out["metrics"]["facts_found"] == 1.0
     # The patient's reply reached the model: the second request carries it as a user message.
     reply = replay_replies(CASES[0].id, 0, ["Do you have a fever?"])[0]
     assert any(m["role"] == "user" and m["content"].startswith(reply) for msgs in requests for m in msgs)
     print(f"\nverifiers: rewards {[o['reward'] for o in outputs]}; metrics {[o['metrics'] for o in outputs]}")
+
+
+# -- examples -----------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load_example(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inspect_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("inspect_ai")
+    monkeypatch.chdir(tmp_path)
+    _load_example("inspect_eval.py").main(1)
+    assert "questions_asked" in capsys.readouterr().out
+
+
+def test_verifiers_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    vf = pytest.importorskip("verifiers")
+    if not hasattr(vf, "MultiTurnEnv"):
+        pytest.skip("verifiers >= 0.4 has no MultiTurnEnv")
+    _load_example("verifiers_env.py").main(2)
+    assert "reward" in capsys.readouterr().out
+
+
+def test_trl_example_builds_the_table_and_imports() -> None:
+    # Training needs a tool-calling model from the hub; the end-to-end run is the GRPO test above.
+    module = _load_example("trl_environment.py")
+    assert "| Patient tokens masked from the loss |" in (module.__doc__ or "")

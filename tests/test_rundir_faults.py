@@ -373,7 +373,9 @@ def test_env_scorer_does_not_load_the_embedder(tmp_path: Path, monkeypatch: pyte
         raise AssertionError("the MiniLM embedder was loaded for a model-free run")
 
     monkeypatch.setattr(mediq_env.patient, "load_embedder", no_embedder)
-    run_benchmark(cfg(scorer="env", max_questions=3), tmp_path / "run", progress=False)
+    # The default (faithful) patient embeds questions by design; with the model-free BM25 patient nothing in
+    # the run may load MiniLM: the env scorer's default proxies are model-free.
+    run_benchmark(cfg(scorer="env", max_questions=3, patient="bm25"), tmp_path / "run", progress=False)
     scores = [set(t["scores"]) for e in episodes(tmp_path / "run") for t in e["turns"] if t["action_type"] == "question"]
     assert scores and all("proxy_info_gain" in s and "proxy_relevance" not in s for s in scores)
     assert "proxy_relevance" in bench.build_scorer(cfg(scorer="env:all")).keys

@@ -52,7 +52,7 @@ def mediq_dataset(cases: CasesArg = None, *, max_questions: int = 5, seeds_per_c
     samples = []
     for case in loaded:
         for seed in range(seeds_per_case):
-            obs, info = env.reset(seed=seed, options={"case_id": case.id})
+            obs, _ = env.reset(seed=seed, options={"case_id": case.id})
             samples.append(
                 Sample(
                     input=obs,

@@ -86,7 +86,7 @@ def mediq_rubric() -> Any:
     return rubric
 
 
-class MediQVerifiersEnv(vf.MultiTurnEnv):  # type: ignore[misc]
+class MediQVerifiersEnv(vf.MultiTurnEnv):
     """Plays each rollout's episode through :class:`~mediq_env.MediQEnv` (see the module docstring)."""
 
     def __init__(
@@ -135,13 +135,13 @@ class MediQVerifiersEnv(vf.MultiTurnEnv):  # type: ignore[misc]
         last = messages[-1]
         content = last.get("content") if isinstance(last, dict) else getattr(last, "content", "")
         episode.step(content if isinstance(content, str) else str(content or ""))
+        reply = [vf.UserMessage(content=episode.message())]
         if episode.done:
-            reply = [{"role": "user", "content": episode.message()}]
+            # verifiers' signal that the environment ended the rollout (its has_final_env_response stop).
             state["final_env_response"] = reply
-            return reply
-        return [{"role": "user", "content": episode.message()}]
+        return reply
 
-    @vf.cleanup  # type: ignore[misc]
+    @vf.cleanup
     async def finish_episode(self, state: Any) -> None:
         # Runs at the end of every rollout, before scoring: the summary (plain values) goes into the state
         # for the rubric, and an episode the rollout left unfinished is closed as unanswered.
