@@ -17,6 +17,13 @@ The setting:
   word-overlap patient ("FeverSmoke] fever fever") — are turned away by the gate and earn nothing, and
   re-asking about a revealed fact earns nothing either.
 
+* **Start**: a near-uniform tiny policy never emits anything the gate accepts as a question, so PPO alone
+  has no signal (measured: reward 0 over 24 updates). As in ALFA's recipe (SFT, then RL), a short supervised
+  warm start (:func:`warm_start`) first teaches it to ask short questions in the words it knows — half of
+  them ones the patient answers ("any rash?", "fever?"), half ones it does not ("sleep?", "any pain?") —
+  so the untrained policy earns about 1 of 2; PPO must learn *which* questions pay and to ask about two
+  *different* facts (a repeat reveals nothing new).
+
 Every part of the trainer is on the path: batched multi-turn rollouts, per-question rewards on each
 question's last token, a KL penalty to the frozen initial policy, GAE, clipped losses, minibatches.
 
@@ -35,6 +42,12 @@ from benchmarks.common import RESULTS_DIR, write_result
 
 __all__ = ["GOOD_WORDS", "build_policy", "learning_cases", "learning_config", "main", "run"]
 
+# Warm-start questions: the first six are answered by the patient (about three different facts), the rest
+# are well-formed questions it does not answer.
+WARM_QUESTIONS = (
+    "fever?", "any rash?", "weight loss?", "any fever?", "rash?", "any weight loss?",
+    "sleep?", "any pain?", "blood?", "do you smoke?", "stool?", "cough?",
+)
 GOOD_WORDS = ("fever", "cough", "smoke", "chest", "pain", "rash", "blood", "stool", "poor", "sleep", "weight", "loss")
 QUESTION_WORDS = ("do", "you", "have", "any", "does", "it")
 OPTIMAL_REWARD = 2.0
@@ -74,6 +87,45 @@ def build_policy(out_dir: Path, seed: int = 0, vocab_size: int = 384) -> tuple[A
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def warm_start(model: Any, tokenizer: Any, steps: int = 80, lr: float = 3e-3, seed: int = 0) -> float:
+    """Supervised steps teaching the policy to answer the first-turn prompt with one of
+    :data:`WARM_QUESTIONS` (uniformly); returns the final loss."""
+    import torch
+
+    from mediq_env.env import MediQEnv
+    from training.rl_common import ChatLayout, EnvPromptFormat, eos_token_ids
+
+    eos = eos_token_ids(model, tokenizer)
+    layout, fmt = ChatLayout(tokenizer, eos), EnvPromptFormat()
+    rows: list[tuple[list[int], list[int]]] = []
+    for case in learning_cases():
+        env = MediQEnv([case], max_questions=2, shuffle_options=False)
+        obs, _ = env.reset(seed=seed)
+        prompt = layout.prompt_ids(fmt.first_messages(env.state, obs))
+        rows += [(prompt, [*layout.encode(q), eos[0]]) for q in WARM_QUESTIONS]
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), eos[0], dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        seq = p + t
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(p) : len(seq)] = torch.tensor(t)
+        attention[i, : len(seq)] = 1
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    loss = torch.tensor(0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    return float(loss.detach())
 
 
 def learning_config(output_dir: Path, updates: int, seed: int = 0, episodes: int = 32) -> Any:
@@ -117,6 +169,8 @@ def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | N
     with tempfile.TemporaryDirectory(prefix="ppo_learning_") as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
         model, tokenizer = build_policy(root / "model", seed=seed)
+        warm_loss = warm_start(model, tokenizer, seed=seed)
+        model.save_pretrained(root / "model")  # the PPO reference policy is the warm-started one
         config = learning_config(root, updates, seed, episodes)
         env = config.build_env(config.episodes_per_update, cases=learning_cases())
         trainer = PPOTrainer(config, model=model, tokenizer=tokenizer, env=env)
@@ -151,6 +205,7 @@ def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | N
             "reward": "1 per question whose reply reveals a new fact (proxy_answerable, faithful patient); 0 for the answer",
             "optimal_episode_reward": OPTIMAL_REWARD,
             "seed": seed,
+            "warm_start": f"80 supervised steps on {len(WARM_QUESTIONS)} short questions (final loss {warm_loss:.3f})",
         },
         "curve": curve,
         "summary": {
@@ -173,7 +228,8 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"Setting: {setting['max_questions']} questions per episode, ≤ {setting['max_new_tokens']} new tokens per turn, "
         f"{setting['episodes_per_update']} episodes per update, vocabulary of {setting['vocab_size']} tokens. "
-        f"Reward: {setting['reward']}; the optimum is {setting['optimal_episode_reward']:g} per episode.",
+        f"Reward: {setting['reward']}; the optimum is {setting['optimal_episode_reward']:g} per episode. "
+        f"Warm start: {setting.get('warm_start', 'none')}.",
         "",
         f"- mean episode reward, first {s['window']} updates: **{s['first_updates_mean_reward']:.3f}**",
         f"- mean episode reward, last {s['window']} updates: **{s['last_updates_mean_reward']:.3f}** "

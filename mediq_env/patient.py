@@ -349,6 +349,9 @@ class FaithfulPatient:
         gate: turn away actions that are not one specific question (on by default; switching it off is
             for measuring what the gate is worth).
         question_cache: how many question embeddings to keep (agents and RL re-ask the same questions).
+        repeat_similarity: cosine similarity (MiniLM) at which a question restates an earlier one and gets
+            the same reply. Paraphrases of one question measured 0.53–0.92 (mean 0.70); 99% of pairs of
+            calibration probes about different facts of one case are below 0.60 (max 0.77). 1.0 turns it off.
     """
 
     def __init__(
@@ -359,7 +362,11 @@ class FaithfulPatient:
         gate: bool = True,
         cache_size: int = 4096,
         question_cache: int = 65536,
+        repeat_similarity: float = 0.65,
     ) -> None:
+        if not 0 < repeat_similarity <= 1:
+            raise ConfigError(f"repeat_similarity must be in (0, 1], got {repeat_similarity}")
+        self.repeat_similarity = repeat_similarity
         self.head = head if isinstance(head, RelevanceHead) else RelevanceHead.load(head or HEAD_PATH)
         self._embedder: Any = load_embedder() if embedder == "minilm" else embedder
         if self._embedder is None:
@@ -424,12 +431,33 @@ class FaithfulPatient:
             if verdict is not None and not verdict.ok:
                 out.append(PatientReply(ASK_ONE_QUESTION, (), {"gate": verdict.reason}))
                 continue
-            probs = self.head.probabilities(self.features(q.case, q.question, next(embeddings)))
+            embedding = next(embeddings)
+            if (earlier := self._same_question(q, embedding)) is not None:
+                turn = q.history[earlier]
+                out.append(PatientReply(turn.reply, tuple(turn.revealed), {"gate": "ok", "same_as_turn": earlier}))
+                continue
+            probs = self.head.probabilities(self.features(q.case, q.question, embedding))
             revealed = self.head.select(probs)
             text = " ".join(q.case.facts[i] for i in revealed) if revealed else CANNOT_ANSWER
             meta = {"gate": "ok", "p": [round(float(probs[i]), 3) for i in revealed], "p_max": round(float(probs.max()), 3)}
             out.append(PatientReply(text, revealed, meta))
         return out
+
+    def _same_question(self, query: PatientQuery, embedding: np.ndarray) -> int | None:
+        """The earlier turn this question restates (the most similar above ``repeat_similarity``), if any.
+
+        A patient asked the same thing twice answers the same way: a rephrased question gets the earlier
+        reply, so rewording cannot fish for facts near the decision threshold (the hack suite's paraphrase
+        doctor) and a question about an answered topic earns nothing new. Turns the gate turned away are
+        not questions and are skipped.
+        """
+        earlier = [i for i, t in enumerate(query.history) if t.reply != ASK_ONE_QUESTION]
+        if not earlier or self.repeat_similarity >= 1.0:
+            return None
+        previous = self.embed_questions([query.history[i].question for i in earlier])
+        sims = [float(e @ embedding) for e in previous]
+        best = int(np.argmax(sims))
+        return earlier[best] if sims[best] >= self.repeat_similarity else None
 
     def reply(self, case: Case, question: str, history: Sequence[Turn] = ()) -> PatientReply:
         """Answer one question (a convenience over :meth:`reply_batch`)."""

@@ -49,7 +49,7 @@ _CATCHALL = re.compile(
     r"(?:symptoms|details|history|information|info|facts|problems|issues|complaints|medical\s+history)"
     r"|anything\s+(?:else|more|at\s+all)|what\s+else|any(?:thing)?\s+(?:other|more|further|additional)\s+"
     r"(?:details?|information|info|things?|symptoms?|facts|issues|problems|complaints|concerns|history)"
-    r"|(?:full|whole|complete|entire)\s+(?:story|history|picture|details?|rundown|account)"
+    r"|(?:full|whole|complete|entire)\s+(?:\w+\s+)?(?:story|history|picture|details?|rundown|account)"
     r"|more\s+(?:details?|information|info)|all\s+you\s+(?:know|can)|the\s+rest|what(?:'s|\s+is)\s+going\s+on"
     r"|(?:tell|say)\s+(?:me\s+)?(?:more|anything|something)(?:\s+about\s+(?:yourself|it|this|that|your\s+health))?\s*[?.!]*$"
     r"|anything\s+(?:i|we)\s+should\s+know|whatever(?:\s+else)?\s+(?:comes|you\s+can|you\s+want))\b",

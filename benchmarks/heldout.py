@@ -1,0 +1,270 @@
+"""Base vs fine-tuned SmolLM2 doctor on held-out cases that no demonstration was built from.
+
+Why a script of its own: the shipped doctor adapter (``mediq_env/data/adapters/smollm2-doctor``) is trained on
+demonstrations of the *train* side of :func:`training.demos.doctor_split`; its effect is only meaningful on
+the other side. This writes the held-out cases to files, runs ``mediq bench`` (``benchmarks.run``) for each
+agent and source on them, pools the episodes per agent, and reports:
+
+* fallback rate (share of agent turns whose action came from a fallback rule, not the model's own output);
+* questions asked per episode, facts revealed per question, fact coverage;
+* share of asked questions that pass the patient's question-form gate;
+* accuracy with bootstrap 95% intervals, and the paired difference (tuned − base) over the same episodes.
+
+Held-out cases: odd-numbered built-ins; the probe set's test half of MediQ-AskDocs dev and MedQA dev (the
+public files are read from ``$MEDIQ_DATA_DIR`` or ``../shared/data``; a source without its data is skipped).
+``--limit`` keeps only the first N held-out cases of each source, for a CPU that cannot afford them all.
+
+    python -m benchmarks.heldout --max-questions 3                  # writes benchmarks/results/heldout.{json,md}
+    mediq compare runs/heldout/smollm2-base-builtin runs/heldout/smollm2-builtin    # one source, paired
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.metrics import paired_bootstrap_diff, summarise
+from benchmarks.probes import SOURCES, load_probes, shared_data_dir
+from mediq_env.case import load_cases
+from mediq_env.cases import builtin_cases_path
+from mediq_env.question_gate import check_question
+from training.demos import doctor_split
+
+__all__ = ["gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_AGENTS = ("smollm2-base", "smollm2")
+
+
+def _source_path(source: str, data_dir: str | None) -> Path:
+    if source == "builtin":
+        return builtin_cases_path()
+    return (Path(data_dir) if data_dir else shared_data_dir()) / str(SOURCES[source])
+
+
+def heldout_case_ids(source: str, data_dir: str | None = None) -> list[str]:
+    """The held-out case ids of a source, in file order: odd built-ins; for public sources, the probe set's
+    cases on the held-out side (its test half) — cases outside the probe set are not part of the split."""
+    cases = load_cases(_source_path(source, data_dir), strict=False)
+    if source == "builtin":
+        return [c.id for c in cases if doctor_split(source, c.id) == "heldout"]
+    probed = {p.case_id for p in load_probes([source], data_dir=data_dir)}
+    return [c.id for c in cases if c.id in probed and doctor_split(source, c.id) == "heldout"]
+
+
+def write_heldout_cases(source: str, out: Path, *, data_dir: str | None = None, limit: int | None = None) -> list[str]:
+    """Copy the held-out records of a source, verbatim, to ``out`` (so the benchmark loads them exactly as it
+    loads the full file); return their ids."""
+    ids = heldout_case_ids(source, data_dir)
+    if limit is not None:
+        ids = ids[:limit]
+    wanted = set(ids)
+    lines = []
+    for raw in _source_path(source, data_dir).read_text(encoding="utf-8").splitlines():
+        if raw.strip() and str(json.loads(raw).get("id")) in wanted:
+            lines.append(raw)
+    if len(lines) != len(ids):
+        raise RuntimeError(f"{source}: found {len(lines)} records for {len(ids)} held-out ids")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ids
+
+
+def _question_text(action: Any) -> str:
+    if isinstance(action, dict):
+        return str(action.get("question", ""))
+    return str(action)
+
+
+def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Share of the questions asked that pass :func:`check_question` (judged on the question as sent)."""
+    verdicts = []
+    for e in episodes:
+        for t in e.get("turns", []):
+            if t.get("action_type") == "question":
+                verdicts.append(check_question(_question_text(t.get("action")), options_by_case.get(e["case_id"])).ok)
+    return {"mean": float(np.mean(verdicts)) if verdicts else None, "questions": len(verdicts)}
+
+
+def _episodes(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "episodes.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r.get("mode") == "interactive"]
+
+
+def run_heldout(
+    *,
+    agents: Sequence[str] = DEFAULT_AGENTS,
+    sources: Sequence[str] = tuple(SOURCES),
+    max_questions: int = 3,
+    limit: int | None = None,
+    runs_dir: Path = Path("runs/heldout"),
+    data_dir: str | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run every agent on every source's held-out cases (resuming finished runs) and pool the results."""
+    from benchmarks.run import BenchConfig, run_benchmark
+
+    case_files: dict[str, Path] = {}
+    case_ids: dict[str, list[str]] = {}
+    options: dict[str, dict[str, str]] = {}
+    for source in sources:
+        if source != "builtin" and not _source_path(source, data_dir).exists():
+            print(f"skipping {source}: {_source_path(source, data_dir)} is absent", file=sys.stderr)
+            continue
+        path = runs_dir / "cases" / f"{source}.jsonl"
+        case_ids[source] = write_heldout_cases(source, path, data_dir=data_dir, limit=limit)
+        case_files[source] = path
+        for c in load_cases(path, strict=False):
+            options[f"{source}:{c.id}"] = dict(c.options)
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    per_source: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for agent in agents:
+        pooled[agent] = []
+        for source, path in case_files.items():
+            config = BenchConfig(agent=agent, cases=str(path), max_questions=max_questions,
+                                 modes=("interactive",), batch_size=batch_size)
+            run_dir = runs_dir / f"{agent}-{source}"
+            start = time.perf_counter()
+            summary = run_benchmark(config, run_dir, progress=progress)
+            seconds[f"{agent}/{source}"] = round(time.perf_counter() - start, 1)
+            inter = summary["modes"]["interactive"] if "modes" in summary else summary
+            per_source[f"{agent}/{source}"] = {
+                "episodes": inter.get("episodes"), "accuracy": inter.get("accuracy"),
+                "fallback_rate": (inter.get("fallback") or {}).get("rate"), "run_dir": str(run_dir),
+            }
+            for e in _episodes(run_dir):
+                pooled[agent].append({**e, "case_id": f"{source}:{e['case_id']}"})
+    results: dict[str, Any] = {}
+    for agent, episodes in pooled.items():
+        s = summarise(episodes, max_questions=max_questions, mode="interactive")
+        results[agent] = {
+            "episodes": s["episodes"],
+            "failed": s["failed"],
+            "fallback": s.get("fallback"),
+            "questions_asked": s["questions_asked"],
+            "facts_per_question": s["facts_per_question"],
+            "fact_coverage": s["fact_coverage"],
+            "gate_pass": gate_pass(episodes, options),
+            "accuracy": s["accuracy"],
+            "forced_answer_rate": s["forced_answer_rate"],
+        }
+    comparison = None
+    if len(agents) == 2 and all(pooled[a] for a in agents):
+        a, b = agents
+        by_case = [{e["case_id"]: float(bool(e.get("correct")) and not e.get("error")) for e in pooled[x]} for x in (a, b)]
+        shared = sorted(set(by_case[0]) & set(by_case[1]))
+        mean, lo, hi = paired_bootstrap_diff([by_case[0][k] for k in shared], [by_case[1][k] for k in shared], seed=0)
+        comparison = {"pairs": len(shared), "accuracy_diff": {"mean": mean, "ci_low": lo, "ci_high": hi},
+                      "base": a, "tuned": b}
+    return {
+        "what": "base vs SFT SmolLM2 doctor on held-out cases (never used for demonstrations)",
+        "max_questions": max_questions,
+        "limit_per_source": limit,
+        "held_out_cases": {s: len(v) for s, v in case_ids.items()},
+        "case_ids": case_ids,
+        "agents": results,
+        "per_source": per_source,
+        "paired_accuracy": comparison,
+        "seconds": seconds,
+        "patient": "faithful",
+        "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
+    }
+
+
+def _fmt(d: dict[str, Any] | None, pct: bool = False) -> str:
+    if not d or d.get("mean") is None:
+        return "—"
+    k = 100.0 if pct else 1.0
+    unit = "%" if pct else ""
+    if d.get("ci_low") is None:
+        return f"{d['mean'] * k:.1f}{unit}" if pct else f"{d['mean']:.2f}"
+    if pct:
+        return f"{d['mean'] * k:.1f}% [{d['ci_low'] * k:.1f}, {d['ci_high'] * k:.1f}]"
+    return f"{d['mean']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    agents = list(result["agents"])
+    lines = [
+        "# Held-out: base vs fine-tuned SmolLM2 doctor",
+        "",
+        f"Cases never used for demonstrations ({', '.join(f'{s}: {n}' for s, n in result['held_out_cases'].items())}"
+        + (f"; first {result['limit_per_source']} held-out cases per source" if result["limit_per_source"] else "")
+        + f"), faithful patient, at most {result['max_questions']} questions, options shuffled, seed 0. "
+        "Intervals are 95% bootstrap.",
+        "",
+        "| metric | " + " | ".join(f"`{a}`" for a in agents) + " |",
+        "|---|" + "---|" * len(agents),
+    ]
+    rows = [
+        ("episodes", lambda r: str(r["episodes"])),
+        ("fallback rate (turns)", lambda r: f"{r['fallback']['rate'] * 100:.1f}% of {r['fallback']['turns']}" if r.get("fallback") else "—"),
+        ("fallback kinds (turns)", lambda r: ", ".join(f"{k} {v}" for k, v in (r.get("fallback") or {}).get("by_kind", {}).items()) or "none"),
+        ("questions asked / episode", lambda r: _fmt(r["questions_asked"])),
+        ("facts revealed / question", lambda r: _fmt(r["facts_per_question"])),
+        ("fact coverage", lambda r: _fmt(r["fact_coverage"], pct=True)),
+        ("questions passing the gate", lambda r: f"{r['gate_pass']['mean'] * 100:.1f}% of {r['gate_pass']['questions']}" if r["gate_pass"]["mean"] is not None else "—"),
+        ("forced-answer rate", lambda r: f"{r['forced_answer_rate'] * 100:.1f}%"),
+        ("accuracy", lambda r: _fmt(r["accuracy"], pct=True)),
+    ]
+    for name, fn in rows:
+        lines.append(f"| {name} | " + " | ".join(fn(result["agents"][a]) for a in agents) + " |")
+    comp = result.get("paired_accuracy")
+    if comp:
+        d = comp["accuracy_diff"]
+        lines += ["", f"Paired accuracy difference (`{comp['tuned']}` − `{comp['base']}`, {comp['pairs']} episodes): "
+                  f"{d['mean'] * 100:+.1f} points [{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}]."]
+    lines += ["", "Per source:", "", "| run | episodes | accuracy | fallback rate |", "|---|---|---|---|"]
+    for key, r in result["per_source"].items():
+        fb = f"{r['fallback_rate'] * 100:.1f}%" if r.get("fallback_rate") is not None else "—"
+        lines.append(f"| {key} | {r['episodes']} | {_fmt(r['accuracy'], pct=True)} | {fb} |")
+    lines += ["", "Wall time per run (seconds): " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()),
+              "", "Reproduce: `python -m benchmarks.heldout --max-questions "
+              f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "") + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", default=",".join(DEFAULT_AGENTS), help="two agents: base first, tuned second")
+    parser.add_argument("--sources", default=",".join(SOURCES))
+    parser.add_argument("--max-questions", type=int, default=3)
+    parser.add_argument("--limit", type=int, help="first N held-out cases per source (CPU budget)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--runs-dir", default="runs/heldout")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--data-dir")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_heldout(
+        agents=[a.strip() for a in args.agents.split(",") if a.strip()],
+        sources=[s.strip() for s in args.sources.split(",") if s.strip()],
+        max_questions=args.max_questions, limit=args.limit, runs_dir=Path(args.runs_dir),
+        data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress,
+    )
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heldout.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    (out / "heldout.md").write_text(to_markdown(result), encoding="utf-8")
+    print(to_markdown(result))
+    return 0
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
