@@ -103,7 +103,7 @@ def warm_start(model: Any, tokenizer: Any, steps: int = 80, lr: float = 3e-3, se
     for case in learning_cases():
         env = MediQEnv([case], max_questions=2, shuffle_options=False)
         obs, _ = env.reset(seed=seed)
-        prompt = layout.prompt_ids(fmt.first_messages(env.state, obs))
+        prompt = layout.prompt_ids(fmt.first_messages(env.state(), obs))
         rows += [(prompt, [*layout.encode(q), eos[0]]) for q in WARM_QUESTIONS]
     width = max(len(p) + len(t) for p, t in rows)
     ids = torch.full((len(rows), width), eos[0], dtype=torch.long)

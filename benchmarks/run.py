@@ -1140,7 +1140,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     summary = run_benchmark(config, out, progress=not args.no_progress)
     print(format_run_summary(summary, report=out / "report.md"))
     print(f"run directory: {out}")
-    from benchmarks.view import write_viewer  # imported here: running a benchmark never needs the viewer's code
+    # Imported here: running a benchmark never needs the viewer's code.
+    from benchmarks.view import write_viewer
 
     print(f"viewer: {write_viewer(out)}")
     return 1 if summary["failures"]["failed"] else 0
