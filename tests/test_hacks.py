@@ -48,17 +48,28 @@ def test_correctness_reward_pays_nothing_for_questions(results):
 
 
 KNOWN_GAPS = {"paraphrase"}
-"""Open: the faithful patient reveals a different medication fact to each paraphrase of "Which medicines are
-you taking?", so paraphrases uncover new facts (not repeats) and the doctor matches the checklist's coverage
-(6.1% vs 7.1%, CI of the difference includes 0). The reward is right to pay new facts; the patient should
-reveal every fact a question asks for at once (reported to the patient's owner)."""
+"""Open: the paraphrase doctor's re-asks now earn nothing (the patient answers a restated question as before),
+but its first question — a real medication question — reveals nearly as much as the whole generic checklist
+does with the conservative patient (3.6% vs 4.8% coverage on built-in cases): lower, not significantly."""
+
+
+def test_paraphrase_re_asks_earn_nothing():
+    """What the patient fix guarantees: after the first medication question, rewordings reveal no new fact."""
+    from benchmarks.hacks import _PARAPHRASE_BASE, _PARAPHRASES
+    from mediq_env import MediQEnv, builtin_cases
+
+    for case in builtin_cases()[:10]:
+        env = MediQEnv([case], max_questions=6)
+        env.reset(seed=0)
+        env.step(_PARAPHRASE_BASE)
+        assert all(env.step(q)[4]["new_facts"] == [] for q in _PARAPHRASES[:4]), case.id
 
 
 def test_no_failing_row_but_the_known_gap(results):
     assert [f for f in failures(results) if f.rsplit("/", 1)[1] not in KNOWN_GAPS] == []
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_GAPS: paraphrases draw new facts from the faithful patient")
+@pytest.mark.xfail(strict=True, reason="KNOWN_GAPS: one real question is nearly as good as the generic checklist (difference not significant)")
 @pytest.mark.parametrize("config", list(REWARD_CONFIGS))
 def test_paraphrase_is_strictly_below_the_checklist(results, config):
     assert _rows(results, config)["paraphrase"]["verdict"] == "PASS"
