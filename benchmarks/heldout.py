@@ -99,6 +99,13 @@ def _episodes(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("mode") == "interactive"]
 
 
+def _finished(run_dir: Path, n: int) -> bool:
+    """Whether a run directory already holds ``n`` successful interactive episodes (then nothing is loaded)."""
+    if not (run_dir / "episodes.jsonl").is_file():
+        return False
+    return sum(not e.get("error") for e in _episodes(run_dir)) >= n
+
+
 def run_heldout(
     *,
     agents: Sequence[str] = DEFAULT_AGENTS,
@@ -111,7 +118,7 @@ def run_heldout(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run every agent on every source's held-out cases (resuming finished runs) and pool the results."""
-    from benchmarks.run import BenchConfig, run_benchmark
+    from benchmarks.run import BenchConfig, build_agent, build_patient, run_benchmark
 
     case_files: dict[str, Path] = {}
     case_ids: dict[str, list[str]] = {}
@@ -128,14 +135,19 @@ def run_heldout(
     pooled: dict[str, list[dict[str, Any]]] = {}
     per_source: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
+    patient = None
     for agent in agents:
         pooled[agent] = []
+        built = None  # one model load per agent, not one per source (the runner would load it each time)
         for source, path in case_files.items():
             config = BenchConfig(agent=agent, cases=str(path), max_questions=max_questions,
                                  modes=("interactive",), batch_size=batch_size)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()
-            summary = run_benchmark(config, run_dir, progress=progress)
+            if not _finished(run_dir, len(case_ids[source])):
+                built = built if built is not None else build_agent(config)
+                patient = patient if patient is not None else build_patient(config)
+            summary = run_benchmark(config, run_dir, agent=built, patient=patient, progress=progress)
             seconds[f"{agent}/{source}"] = round(time.perf_counter() - start, 1)
             inter = summary["modes"]["interactive"] if "modes" in summary else summary
             per_source[f"{agent}/{source}"] = {
