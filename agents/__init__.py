@@ -37,7 +37,10 @@ BASELINE_SPECS = (
     "'checklist'",
     "'random' or 'random:<seed>' (seed 0 unless given)",
 )
-AGENT_SPECS = (*BASELINE_SPECS, "'llm:<backend spec>' (e.g. 'llm:smollm2', 'llm:hf:<model>')")
+AGENT_SPECS = (
+    *BASELINE_SPECS,
+    "'llm:<backend spec>' (e.g. 'llm:smollm2' (with the shipped doctor adapter), 'llm:smollm2-base', 'llm:hf:<model>')",
+)
 
 
 def _backend_kinds() -> tuple[str, ...]:
@@ -90,7 +93,14 @@ def make_agent(spec: str, **kw: Any) -> Agent:
         # Imported here: the factory pulls in backend modules that the baselines never need.
         from mediq_env.backends.factory import make_backend
 
-        backend = make_backend(arg, **kw.pop("backend_options", {}))
+        backend_options = dict(kw.pop("backend_options", {}))
+        if arg.strip().lower() == "smollm2":
+            # The doctor is the shipped SFT adapter's job (mediq_env/data/adapters/smollm2-doctor): without it
+            # the 135M model follows no output format. Only here, where smollm2 *is* the doctor: judges and
+            # LLM patients keep the base model (the adapter, trained on doctor prompts only, degrades general
+            # instruction following). 'llm:smollm2-base' is the untouched doctor.
+            backend_options.setdefault("adapter", "default")
+        backend = make_backend(arg, **backend_options)
         question_backend = kw.pop("question_backend", None)
         question_options = kw.pop("question_backend_options", {})
         if isinstance(question_backend, str):

@@ -85,12 +85,19 @@ def _question_text(action: Any) -> str:
 
 def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dict[str, str]]) -> dict[str, Any]:
     """Share of the questions asked that pass :func:`check_question` (judged on the question as sent)."""
-    verdicts = []
+    verdicts, own = [], []
     for e in episodes:
         for t in e.get("turns", []):
             if t.get("action_type") == "question":
                 verdicts.append(check_question(_question_text(t.get("action")), options_by_case.get(e["case_id"])).ok)
-    return {"mean": float(np.mean(verdicts)) if verdicts else None, "questions": len(verdicts)}
+                # A checklist question is the fallback's, not the model's: it passes the gate by construction.
+                own.append((t.get("agent") or {}).get("question_source") not in (None, "checklist"))
+    return {
+        "mean": float(np.mean(verdicts)) if verdicts else None,
+        "questions": len(verdicts),
+        "model_written": float(np.mean(own)) if own else None,
+        "model_written_pass": float(np.mean([v for v, o in zip(verdicts, own, strict=True) if o])) if any(own) else None,
+    }
 
 
 def _episodes(run_dir: Path) -> list[dict[str, Any]]:
@@ -144,11 +151,13 @@ def run_heldout(
                                  modes=("interactive",), batch_size=batch_size)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()
-            if not _finished(run_dir, len(case_ids[source])):
+            resumed = _finished(run_dir, len(case_ids[source]))
+            if not resumed:
                 built = built if built is not None else build_agent(config)
                 patient = patient if patient is not None else build_patient(config)
             summary = run_benchmark(config, run_dir, agent=built, patient=patient, progress=progress)
-            seconds[f"{agent}/{source}"] = round(time.perf_counter() - start, 1)
+            if not resumed:  # a finished run is only summarised: its time says nothing about the agent
+                seconds[f"{agent}/{source}"] = round(time.perf_counter() - start, 1)
             inter = summary["modes"]["interactive"] if "modes" in summary else summary
             per_source[f"{agent}/{source}"] = {
                 "episodes": inter.get("episodes"), "accuracy": inter.get("accuracy"),
@@ -205,6 +214,10 @@ def _fmt(d: dict[str, Any] | None, pct: bool = False) -> str:
     return f"{d['mean']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
 
 
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.1f}%"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     agents = list(result["agents"])
     lines = [
@@ -226,6 +239,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         ("facts revealed / question", lambda r: _fmt(r["facts_per_question"])),
         ("fact coverage", lambda r: _fmt(r["fact_coverage"], pct=True)),
         ("questions passing the gate", lambda r: f"{r['gate_pass']['mean'] * 100:.1f}% of {r['gate_pass']['questions']}" if r["gate_pass"]["mean"] is not None else "—"),
+        ("questions written by the model (not the checklist fallback)", lambda r: _share(r["gate_pass"].get("model_written"))),
+        ("model-written questions passing the gate", lambda r: _share(r["gate_pass"].get("model_written_pass"))),
         ("forced-answer rate", lambda r: f"{r['forced_answer_rate'] * 100:.1f}%"),
         ("accuracy", lambda r: _fmt(r["accuracy"], pct=True)),
     ]
@@ -240,7 +255,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     for key, r in result["per_source"].items():
         fb = f"{r['fallback_rate'] * 100:.1f}%" if r.get("fallback_rate") is not None else "—"
         lines.append(f"| {key} | {r['episodes']} | {_fmt(r['accuracy'], pct=True)} | {fb} |")
-    lines += ["", "Wall time per run (seconds): " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()),
+    lines += ["", "Wall time per run (seconds, timed by the invocation that ran each; includes model loading; shared, loaded CPU): "
+              + (", ".join(f"{k} {v}" for k, v in result["seconds"].items()) or "none (all resumed)"),
               "", "Reproduce: `python -m benchmarks.heldout --max-questions "
               f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "") + "`"]
     return "\n".join(lines) + "\n"
@@ -266,6 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "heldout.json"
+    if previous.is_file():
+        # Resumed runs were timed by the invocation that executed them; keep those times.
+        try:
+            earlier = json.loads(previous.read_text(encoding="utf-8")).get("seconds", {})
+        except ValueError:
+            earlier = {}
+        result["seconds"] = {**{k: v for k, v in earlier.items() if k in result["per_source"]}, **result["seconds"]}
     (out / "heldout.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n", encoding="utf-8")
     (out / "heldout.md").write_text(to_markdown(result), encoding="utf-8")
     print(to_markdown(result))

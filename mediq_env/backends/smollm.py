@@ -13,8 +13,11 @@ checkpoint), under a file lock (two processes never convert at once).
 
 The fine-tuned doctor. Out of the box the 135M model follows none of the agent's output formats, so the
 package ships a LoRA adapter trained on the project's demonstration episodes (``training/demos.py``; recipe in
-``mediq_env/data/adapters/smollm2-doctor/RECIPE.md``). ``SmolLM2Backend()`` (spec ``smollm2``) applies it;
-``SmolLM2Backend(adapter=None)`` (spec ``smollm2-base``) is the untouched model. The adapter's files are
+``mediq_env/data/adapters/smollm2-doctor/RECIPE.md``). ``SmolLM2Backend(adapter="default")`` applies it —
+the agent factory does so for the doctor spec ``llm:smollm2`` (``mediq bench --agent smollm2``) — while
+``SmolLM2Backend()`` and the backend specs ``smollm2`` / ``smollm2-base`` are the untouched model, because
+judges and LLM patients built on ``smollm2`` need general instruction following, which the adapter (trained
+on doctor prompts only) degrades. The adapter's files are
 checked against its ``SHA256SUMS`` before use (a mismatch is an :class:`AdapterChecksumError`, never a
 silently different model), and the LoRA update is merged into the weights at load time with plain torch:
 no ``peft`` at inference, and generation costs exactly what the base model's does.
@@ -319,8 +322,8 @@ def merge_lora_adapter(model: Any, adapter_dir: str | Path) -> int:
 class SmolLM2Backend(TransformersBackend):
     """:class:`TransformersBackend` over the offline SmolLM2-135M-Instruct (``model_id`` ``SmolLM2-135M-Instruct``).
 
-    ``adapter``: ``"default"`` (the shipped doctor adapter, verified and merged at load), None (the base
-    model), or the path of another LoRA adapter directory with a ``SHA256SUMS``. The ``model_id`` names the
+    ``adapter``: None (default: the base model), ``"default"`` (the shipped doctor adapter, verified and
+    merged at load), or the path of another LoRA adapter directory with a ``SHA256SUMS``. The ``model_id`` names the
     adapter and the first 8 hex digits of its weights' sha256 (``SmolLM2-135M-Instruct+smollm2-doctor-1a2b3c4d``),
     so response caches and run directories never mix the base and a tuned model, or two adapters.
 
@@ -336,7 +339,7 @@ class SmolLM2Backend(TransformersBackend):
         cache_dir: str | Path | None = None,
         device: str | None = "auto",
         dtype: Any = "auto",
-        adapter: str | Path | None = "default",
+        adapter: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         adapter_dir = DEFAULT_ADAPTER if adapter == "default" else (Path(adapter) if adapter is not None else None)
