@@ -253,12 +253,12 @@ def test_opening_skips_measurements_origin_meta_and_beliefs():
         "The patient is male.", "The patient is 20 years old.", "The patient's height is 188 cm.",
         "The patient's weight is approximately 90 kg.", "The patient is Caucasian.",
         "The doctor asked how long it lasted.", "The patient posted about this before.",
-        "The patient wonders if it is serious.", "The patient experiences extreme dizziness during workouts.",
+        "The patient wonders if it is serious.", "The patient feels light-headed when climbing stairs.",
     ))
     from mediq_env.case import derive_opening
 
     opening, known = derive_opening(case)
-    assert opening == "A 20-year-old male patient. The patient experiences extreme dizziness during workouts."
+    assert opening == "A 20-year-old male patient. The patient feels light-headed when climbing stairs."
     assert known == (0, 1, 8)
 
 

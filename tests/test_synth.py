@@ -341,9 +341,9 @@ def test_near_duplicates_are_dropped(tmp_path: Path) -> None:
 
 def test_a_rewrite_copied_from_the_post_is_dropped(tmp_path: Path) -> None:
     cfg = SynthConfig(input="x", out_dir=tmp_path)
-    post = "My husband is about to see a specialist and reading around has me worried that it is something serious."
+    post = "My wife has a specialist appointment next week and what I read online has me fearing the worst."
     q = "Has he had any recent blood tests?"
-    copied = "My husband is about to see a specialist and reading around has me worried"
+    copied = "My wife has a specialist appointment next week and what I read online has me"
     reason, detail = check_rewrite(q, copied, f"{post} {q}", check_content=False, config=cfg)
     assert reason == "copied_context" and detail["context_copy"] == 1.0
     # A rubric line echoed from the generator's prompt is caught the same way (and is not a question).
