@@ -24,16 +24,15 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.metrics import paired_bootstrap_diff, summarise
-from benchmarks.probes import SOURCES, load_probes, shared_data_dir
+from benchmarks.probes import SOURCES, load_probes, source_path
 from mediq_env.case import load_cases
-from mediq_env.cases import builtin_cases_path
 from mediq_env.question_gate import check_question
 from training.demos import doctor_split
 
@@ -43,42 +42,50 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_AGENTS = ("smollm2-base", "smollm2")
 
 
-def _source_path(source: str, data_dir: str | None) -> Path:
+def split_case_ids(source: str, split: str, data_dir: str | None = None) -> list[str]:
+    """The case ids of one side (``train`` or ``heldout``) of :func:`training.demos.doctor_split`, in file
+    order: built-ins by number; for public sources only the probe set's cases (the split follows its halves)."""
+    cases = load_cases(source_path(source, data_dir), strict=False)
     if source == "builtin":
-        return builtin_cases_path()
-    return (Path(data_dir) if data_dir else shared_data_dir()) / str(SOURCES[source])
+        return [c.id for c in cases if doctor_split(source, c.id) == split]
+    probed = {p.case_id for p in load_probes([source], data_dir=data_dir)}
+    return [c.id for c in cases if c.id in probed and doctor_split(source, c.id) == split]
 
 
 def heldout_case_ids(source: str, data_dir: str | None = None) -> list[str]:
     """The held-out case ids of a source, in file order: odd built-ins; for public sources, the probe set's
     cases on the held-out side (its test half) — cases outside the probe set are not part of the split."""
-    cases = load_cases(_source_path(source, data_dir), strict=False)
-    if source == "builtin":
-        return [c.id for c in cases if doctor_split(source, c.id) == "heldout"]
-    probed = {p.case_id for p in load_probes([source], data_dir=data_dir)}
-    return [c.id for c in cases if c.id in probed and doctor_split(source, c.id) == "heldout"]
+    return split_case_ids(source, "heldout", data_dir)
+
+
+def case_records(source: str, ids: Sequence[str], data_dir: str | None = None) -> list[str]:
+    """The raw JSONL lines of the given cases of a source, verbatim and in file order (so a benchmark loads
+    them exactly as it loads the full file)."""
+    wanted = set(ids)
+    lines = [
+        raw
+        for raw in source_path(source, data_dir).read_text(encoding="utf-8").splitlines()
+        if raw.strip() and str(json.loads(raw).get("id")) in wanted
+    ]
+    if len(lines) != len(wanted):
+        raise RuntimeError(f"{source}: found {len(lines)} records for {len(wanted)} case ids")
+    return lines
 
 
 def write_heldout_cases(source: str, out: Path, *, data_dir: str | None = None, limit: int | None = None) -> list[str]:
-    """Copy the held-out records of a source, verbatim, to ``out`` (so the benchmark loads them exactly as it
-    loads the full file); return their ids."""
+    """Copy the held-out records of a source, verbatim, to ``out``; return their ids."""
     ids = heldout_case_ids(source, data_dir)
     if limit is not None:
         ids = ids[:limit]
-    wanted = set(ids)
-    lines = []
-    for raw in _source_path(source, data_dir).read_text(encoding="utf-8").splitlines():
-        if raw.strip() and str(json.loads(raw).get("id")) in wanted:
-            lines.append(raw)
-    if len(lines) != len(ids):
-        raise RuntimeError(f"{source}: found {len(lines)} records for {len(ids)} held-out ids")
+    lines = case_records(source, ids, data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ids
 
 
-def _question_text(action: Any) -> str:
-    if isinstance(action, dict):
+def question_text(action: Any) -> str:
+    """The question of a recorded question action (the action itself, or its ``question`` field)."""
+    if isinstance(action, Mapping):
         return str(action.get("question", ""))
     return str(action)
 
@@ -89,7 +96,7 @@ def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dic
     for e in episodes:
         for t in e.get("turns", []):
             if t.get("action_type") == "question":
-                verdicts.append(check_question(_question_text(t.get("action")), options_by_case.get(e["case_id"])).ok)
+                verdicts.append(check_question(question_text(t.get("action")), options_by_case.get(e["case_id"])).ok)
                 # A checklist question is the fallback's, not the model's: it passes the gate by construction.
                 own.append((t.get("agent") or {}).get("question_source") not in (None, "checklist"))
     return {
@@ -131,8 +138,8 @@ def run_heldout(
     case_ids: dict[str, list[str]] = {}
     options: dict[str, dict[str, str]] = {}
     for source in sources:
-        if source != "builtin" and not _source_path(source, data_dir).exists():
-            print(f"skipping {source}: {_source_path(source, data_dir)} is absent", file=sys.stderr)
+        if source != "builtin" and not source_path(source, data_dir).exists():
+            print(f"skipping {source}: {source_path(source, data_dir)} is absent", file=sys.stderr)
             continue
         path = runs_dir / "cases" / f"{source}.jsonl"
         case_ids[source] = write_heldout_cases(source, path, data_dir=data_dir, limit=limit)
@@ -202,7 +209,8 @@ def run_heldout(
     }
 
 
-def _fmt(d: dict[str, Any] | None, pct: bool = False) -> str:
+def fmt_ci(d: dict[str, Any] | None, pct: bool = False) -> str:
+    """A mean with its interval, as the held-out tables print it ("—" when undefined)."""
     if not d or d.get("mean") is None:
         return "—"
     k = 100.0 if pct else 1.0
@@ -235,14 +243,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         ("episodes", lambda r: str(r["episodes"])),
         ("fallback rate (turns)", lambda r: f"{r['fallback']['rate'] * 100:.1f}% of {r['fallback']['turns']}" if r.get("fallback") else "—"),
         ("fallback kinds (turns)", lambda r: ", ".join(f"{k} {v}" for k, v in (r.get("fallback") or {}).get("by_kind", {}).items()) or "none"),
-        ("questions asked / episode", lambda r: _fmt(r["questions_asked"])),
-        ("facts revealed / question", lambda r: _fmt(r["facts_per_question"])),
-        ("fact coverage", lambda r: _fmt(r["fact_coverage"], pct=True)),
+        ("questions asked / episode", lambda r: fmt_ci(r["questions_asked"])),
+        ("facts revealed / question", lambda r: fmt_ci(r["facts_per_question"])),
+        ("fact coverage", lambda r: fmt_ci(r["fact_coverage"], pct=True)),
         ("questions passing the gate", lambda r: f"{r['gate_pass']['mean'] * 100:.1f}% of {r['gate_pass']['questions']}" if r["gate_pass"]["mean"] is not None else "—"),
         ("questions written by the model (not the checklist fallback)", lambda r: _share(r["gate_pass"].get("model_written"))),
         ("model-written questions passing the gate", lambda r: _share(r["gate_pass"].get("model_written_pass"))),
         ("forced-answer rate", lambda r: f"{r['forced_answer_rate'] * 100:.1f}%"),
-        ("accuracy", lambda r: _fmt(r["accuracy"], pct=True)),
+        ("accuracy", lambda r: fmt_ci(r["accuracy"], pct=True)),
     ]
     for name, fn in rows:
         lines.append(f"| {name} | " + " | ".join(fn(result["agents"][a]) for a in agents) + " |")
@@ -254,7 +262,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "Per source:", "", "| run | episodes | accuracy | fallback rate |", "|---|---|---|---|"]
     for key, r in result["per_source"].items():
         fb = f"{r['fallback_rate'] * 100:.1f}%" if r.get("fallback_rate") is not None else "—"
-        lines.append(f"| {key} | {r['episodes']} | {_fmt(r['accuracy'], pct=True)} | {fb} |")
+        lines.append(f"| {key} | {r['episodes']} | {fmt_ci(r['accuracy'], pct=True)} | {fb} |")
     lines += ["", "Wall time per run (seconds, timed by the invocation that ran each; includes model loading; shared, loaded CPU): "
               + (", ".join(f"{k} {v}" for k, v in result["seconds"].items()) or "none (all resumed)"),
               "", "Reproduce: `python -m benchmarks.heldout --max-questions "

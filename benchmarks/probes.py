@@ -43,7 +43,7 @@ from typing import Literal
 from benchmarks.common import DATA_DIR
 from mediq_env import builtin_cases
 from mediq_env.case import Case, load_cases
-from mediq_env.errors import CaseFormatError
+from mediq_env.errors import CaseFormatError, ConfigError
 
 __all__ = [
     "ATTACKS",
@@ -55,6 +55,7 @@ __all__ = [
     "load_probe_cases",
     "load_probes",
     "shared_data_dir",
+    "source_path",
     "split_of",
 ]
 
@@ -69,6 +70,18 @@ def shared_data_dir() -> Path:
     """Where the public MediQ data lives: ``$MEDIQ_DATA_DIR``, else ``../shared/data`` beside the checkout."""
     env = os.environ.get("MEDIQ_DATA_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def source_path(source: str, data_dir: str | Path | None = None) -> Path:
+    """The cases file of a source: the built-in cases, or a public file under ``data_dir`` (default
+    :func:`shared_data_dir`). Whether a public file exists is the caller's question."""
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    if source == "builtin":
+        from mediq_env.cases import builtin_cases_path
+
+        return builtin_cases_path()
+    return (Path(data_dir) if data_dir else shared_data_dir()) / str(SOURCES[source])
 
 
 def fact_hash(fact: str) -> str:
@@ -104,12 +117,9 @@ class Probe:
 @cache
 def load_probe_cases(source: str, data_dir: str | None = None) -> dict[str, Case]:
     """The cases a source's probes refer to, by id (public sources need the data directory)."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown probe source {source!r}; expected one of {sorted(SOURCES)}")
     if source == "builtin":
         return {c.id: c for c in builtin_cases()}
-    path = Path(data_dir) if data_dir else shared_data_dir()
-    return {c.id: c for c in load_cases(path / str(SOURCES[source]), strict=False)}
+    return {c.id: c for c in load_cases(source_path(source, data_dir), strict=False)}
 
 
 def _fail(path: Path, line: int, fld: str, msg: str) -> CaseFormatError:
@@ -172,10 +182,8 @@ def load_probes(
         path = PROBE_DIR / f"{source}.jsonl"
         if not path.exists():
             continue
-        if source != "builtin":
-            base = Path(data_dir) if data_dir else shared_data_dir()
-            if not (base / str(SOURCES[source])).exists():
-                continue
+        if source != "builtin" and not source_path(source, data_dir).exists():
+            continue
         cases = load_probe_cases(source, data_dir)
         for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if raw.strip():

@@ -173,47 +173,30 @@ def _write_manifest(stage_dir: Path, stage: str, *, outputs: Sequence[str], star
     return manifest
 
 
-def _source_path(source: str, data_dir: str | None) -> Path:
-    from benchmarks.probes import SOURCES, shared_data_dir
-    from mediq_env.cases import builtin_cases_path
-
-    if source == "builtin":
-        return builtin_cases_path()
-    if source not in SOURCES:
-        raise ConfigError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
-    return (Path(data_dir) if data_dir else shared_data_dir()) / str(SOURCES[source])
-
-
 def write_split_cases(split: str, out: Path, sources: Sequence[str], *, data_dir: str | None = None,
                       limit: int | None = None) -> dict[str, list[str]]:
     """Copy the records of one side of :func:`training.demos.doctor_split` (``train`` or ``heldout``) of every
     source, verbatim, into one JSONL file; return the ids per source. Public sources count only their
     probe-set cases (as :func:`benchmarks.heldout.heldout_case_ids` does); absent public data is skipped."""
-    from benchmarks.probes import load_probes
-    from mediq_env.case import load_cases
-    from training.demos import doctor_split
+    from benchmarks.heldout import case_records, split_case_ids
+    from benchmarks.probes import source_path
 
     lines: list[str] = []
     ids_by_source: dict[str, list[str]] = {}
     seen: set[str] = set()
     for source in sources:
-        path = _source_path(source, data_dir)
+        path = source_path(source, data_dir)
         if source != "builtin" and not path.exists():
             print(f"skipping {source}: {path} is absent", file=sys.stderr)
             continue
-        cases = load_cases(path, strict=False)
-        probed = None if source == "builtin" else {p.case_id for p in load_probes([source], data_dir=data_dir)}
-        ids = [c.id for c in cases if (probed is None or c.id in probed) and doctor_split(source, c.id) == split]
+        ids = split_case_ids(source, split, data_dir)
         if limit is not None:
             ids = ids[:limit]
         clash = seen & set(ids)
         if clash:
             raise ConfigError(f"{source}: case ids {sorted(clash)[:3]} also occur in another source")
         seen |= set(ids)
-        wanted = set(ids)
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            if raw.strip() and str(json.loads(raw).get("id")) in wanted:
-                lines.append(raw)
+        lines += case_records(source, ids, data_dir)
         ids_by_source[source] = ids
     if not lines:
         raise ConfigError(f"no {split} cases in sources {list(sources)}")
@@ -401,15 +384,10 @@ def ppo_config(opts: PipelineOptions, out: Path) -> Any:
     )
 
 
-def _question_text(action: Any) -> str:
-    if isinstance(action, Mapping):
-        return str(action.get("question", ""))
-    return str(action)
-
-
 def question_stats(episodes: Sequence[Any], options: Mapping[str, Mapping[str, str]], info_gain_weight: float = 1.0) -> dict[str, float]:
     """Per-update question metrics of PPO episodes: new facts per question (from the ``proxy:info_gain``
     component, divided by its weight) and the share of questions that pass the patient's question gate."""
+    from benchmarks.heldout import question_text
     from mediq_env.question_gate import check_question
 
     facts = 0.0
@@ -421,7 +399,7 @@ def question_stats(episodes: Sequence[Any], options: Mapping[str, Mapping[str, s
                 continue
             asked += 1
             facts += float(t.components.get("proxy:info_gain", 0.0)) / info_gain_weight
-            passed += bool(check_question(_question_text(t.action), options.get(ep.case_id)).ok)
+            passed += bool(check_question(question_text(t.action), options.get(ep.case_id)).ok)
     if not asked:
         return {"facts_per_question": float("nan"), "gate_pass": float("nan"), "questions_total": 0.0}
     return {"facts_per_question": facts / asked, "gate_pass": passed / asked, "questions_total": float(asked)}
@@ -573,6 +551,7 @@ def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path
     """Run every variant's agent on the held-out cases of every source; pool and compare."""
     from benchmarks.heldout import gate_pass, write_heldout_cases
     from benchmarks.metrics import paired_bootstrap_diff, summarise
+    from benchmarks.probes import source_path
     from benchmarks.run import BenchConfig, run_benchmark
     from mediq_env.case import load_cases
 
@@ -580,7 +559,7 @@ def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path
     options: dict[str, dict[str, str]] = {}
     held: dict[str, int] = {}
     for source in opts.sources:
-        if source != "builtin" and not _source_path(source, opts.data_dir).exists():
+        if source != "builtin" and not source_path(source, opts.data_dir).exists():
             continue
         path = stage_dir / "cases" / f"{source}.jsonl"
         held[source] = len(write_heldout_cases(source, path, data_dir=opts.data_dir, limit=opts.eval_limit))
@@ -631,16 +610,9 @@ def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path
             "patient": "faithful", "split": "heldout (training.demos.doctor_split)"}
 
 
-def _fmt(d: Mapping[str, Any] | None, pct: bool = False) -> str:
-    if not d or d.get("mean") is None:
-        return "—"
-    k, unit = (100.0, "%") if pct else (1.0, "")
-    if d.get("ci_low") is None:
-        return f"{d['mean'] * k:.2f}{unit}"
-    return f"{d['mean'] * k:.2f}{unit} [{d['ci_low'] * k:.2f}, {d['ci_high'] * k:.2f}]"
-
-
 def eval_markdown(result: Mapping[str, Any]) -> str:
+    from benchmarks.heldout import fmt_ci as _fmt
+
     labels = list(result["agents"])
     lines = [
         "# Held-out evaluation: base vs SFT vs SFT+PPO",
