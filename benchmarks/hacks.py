@@ -38,7 +38,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,7 @@ import numpy as np
 from agents.baselines import CHECKLIST, checklist_for
 from benchmarks.common import write_result
 from benchmarks.metrics import bootstrap_ci, paired_bootstrap_diff
-from benchmarks.probes import SOURCES, load_probe_cases, load_probes, shared_data_dir
+from benchmarks.probes import SOURCES, load_probe_cases, load_probes, source_path
 from mediq_env.case import Case
 from mediq_env.dialogue import DialogueState
 from mediq_env.env import MediQEnv
@@ -343,10 +342,9 @@ def run_suite(
             {"weights": dict(cfg.weights), "repeat_penalty": cfg.repeat_penalty, "question_cost": cfg.question_cost,
              "correct": cfg.correct, "incorrect": cfg.incorrect}
         )
-    base = Path(data_dir) if data_dir else shared_data_dir()
     for source in sources:
-        if SOURCES[source] is not None and not (base / str(SOURCES[source])).exists():
-            results["skipped"].append(f"{source}: {SOURCES[source]} not found in {base}")
+        if source != "builtin" and not (path := source_path(source, data_dir)).exists():
+            results["skipped"].append(f"{source}: {path.name} not found in {path.parent}")
             continue
         good = good_questions(source, data_dir)
         cases_by_id = load_probe_cases(source, data_dir)

@@ -414,12 +414,13 @@ class FaithfulPatient:
     def features(self, case: Case, question: str, query_embedding: np.ndarray) -> np.ndarray:
         """The head's input: one row of :data:`mediq_env.relevance.FEATURES` per fact."""
         index, stems = self._case_data(case)
-        tokens = expand(tokenize(question))
+        q_stems = tokenize(question)
+        tokens = expand(q_stems)
         bm25 = index.bm25.get_scores(tokens) if tokens else np.zeros(index.n, dtype=np.float32)
         assert index.embeddings is not None
         cos = index.embeddings @ query_embedding
         cos_c = self._centred(index.embeddings, self.head.fact_centre) @ self._centred(query_embedding, self.head.question_centre)
-        return pair_features(question, set(tokenize(question)), case.facts, stems, cos, np.asarray(bm25), cos_c)
+        return pair_features(question, set(q_stems), case.facts, stems, cos, np.asarray(bm25), cos_c)
 
     def probabilities(self, case: Case, question: str) -> np.ndarray:
         """P(fact answers question) for every fact of the case (no gate)."""
