@@ -966,4 +966,9 @@ def _flat_config(config: PPOConfig) -> dict[str, Any]:
 def train_ppo(config: PPOConfig) -> list[dict[str, Any]]:
     """Build a :class:`PPOTrainer` from ``config`` alone and train it (the CLI's entry)."""
     trainer = PPOTrainer(config)
-    return trainer.train()
+    history = trainer.train()
+    # Close the process group before the interpreter exits: with gloo a process leaving with the group's
+    # threads alive can abort ("terminate called without an active exception") after a successful run.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return history
