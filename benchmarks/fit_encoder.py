@@ -1,0 +1,109 @@
+"""Fine-tune MiniLM's top layers so that a doctor question lands next to the facts that answer it.
+
+Called by :mod:`benchmarks.fit_relevance` (once per cross-validation fold, then on the whole calibration
+half); the result is a :class:`mediq_env.tuned_encoder.TunedEncoder`.
+
+Objective, per probe: a softmax over the case's facts plus one learned "no fact" slot. An answerable probe
+maximises the probability of its answering facts (any of them); an unanswerable probe maximises the "no
+fact" slot. Negatives are the other facts of the *same case* — exactly the choice the patient faces — so
+the encoder learns what answers, not what is on topic. The bottom layers are frozen, so their outputs are
+computed once per text and only the top layers run in the training loop (minutes on one CPU core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.probes import Probe, load_probe_cases
+from mediq_env.relevance import strip_frame
+from mediq_env.tuned_encoder import TunedEncoder
+
+__all__ = ["fine_tune", "probe_loss"]
+
+SCALE = 20.0  # cosine → logit temperature (the usual contrastive scale for unit vectors)
+
+
+def _bottom_cache(encoder: TunedEncoder, texts: Sequence[str]) -> dict[str, Any]:
+    cache: dict[str, Any] = {}
+    unique = list(dict.fromkeys(texts))
+    for i in range(0, len(unique), 64):
+        chunk = unique[i:i + 64]
+        mid, mask = encoder.bottom(chunk)
+        for j, t in enumerate(chunk):
+            cache[t] = mid[j, : int(mask[j].sum())].clone()
+    return cache
+
+
+def _embed(encoder: TunedEncoder, cache: dict[str, Any], texts: Sequence[str]) -> Any:
+    import torch
+
+    items = [cache[t] for t in texts]
+    length = max(x.shape[0] for x in items)
+    hidden = torch.zeros(len(items), length, items[0].shape[1])
+    mask = torch.zeros(len(items), length, dtype=torch.long)
+    for i, x in enumerate(items):
+        hidden[i, : x.shape[0]] = x
+        mask[i, : x.shape[0]] = 1
+    return encoder.top_forward(hidden, mask)
+
+
+def probe_loss(q: Any, facts: Any, answers: Sequence[int], null: Any) -> Any:
+    """−log P(an answering fact), or −log P(no fact) for an unanswerable probe (see the module docstring)."""
+    import torch
+
+    logits = torch.cat([SCALE * (facts @ q), (SCALE * null).view(1)])
+    logp = torch.log_softmax(logits, 0)
+    return -torch.logsumexp(logp[list(answers)], 0) if answers else -logp[-1]
+
+
+def fine_tune(
+    probes: Sequence[Probe],
+    base: Any,
+    *,
+    top_layers: int = 2,
+    epochs: int = 4,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    seed: int = 0,
+    log: Any = print,
+) -> TunedEncoder:
+    """A :class:`TunedEncoder` over ``base`` (plain MiniLM) trained on ``probes`` (adversarial ones skipped)."""
+    import torch
+
+    torch.manual_seed(seed)
+    encoder = TunedEncoder(base, n_top=top_layers)
+    data = [(p, load_probe_cases(p.source)[p.case_id]) for p in probes if p.kind != "adversarial"]
+    cache = _bottom_cache(encoder, [p.question for p, _ in data] + [strip_frame(f) for _, c in data for f in c.facts])
+    null = torch.nn.Parameter(torch.tensor(0.5))
+    optimiser = torch.optim.AdamW([*encoder.top.parameters(), null], lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    encoder.top.train()
+    losses: list[float] = []
+    for epoch in range(epochs):
+        total = 0.0
+        order = rng.permutation(len(data))
+        for start in range(0, len(order), batch_size):
+            batch = [data[i] for i in order[start:start + batch_size]]
+            facts = [strip_frame(f) for _, c in batch for f in c.facts]
+            emb = _embed(encoder, cache, [p.question for p, _ in batch] + facts)
+            q_emb, f_emb = emb[: len(batch)], emb[len(batch):]
+            loss = q_emb.new_zeros(())
+            offset = 0
+            for i, (p, case) in enumerate(batch):
+                n = len(case.facts)
+                loss = loss + probe_loss(q_emb[i], f_emb[offset:offset + n], p.answers, null)
+                offset += n
+            loss = loss / len(batch)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        losses.append(total / max(1, len(data)))
+        log(f"  encoder epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}")
+    encoder.top.eval()
+    encoder.meta = {"top_layers": top_layers, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                    "probes": len(data), "loss_per_epoch": [round(x, 4) for x in losses]}
+    return encoder
