@@ -4,7 +4,8 @@ A patient answers a doctor's question from a case's atomic facts and reports whi
 
 * :class:`FaithfulPatient` — the default. Relevance is *decided*, not retrieved: a question-form gate
   (:mod:`mediq_env.question_gate`) turns away keyword lists, catch-alls, statements, several questions at
-  once and guesses at the options; every fact is scored by BM25 and MiniLM similarity; a small learned head
+  once and guesses at the options; every fact is scored by BM25 and by similarity under a MiniLM whose top layers were tuned to
+  match questions to the facts that answer them (:mod:`mediq_env.tuned_encoder`); a small learned head
   (:mod:`mediq_env.relevance`, fitted on the calibration half of the probe set) decides for each fact
   whether it answers the question, and the patient abstains (:data:`CANNOT_ANSWER`) when none does.
 * :class:`FactLookupPatient` — the earlier retrieval patient (BM25, optionally blended with MiniLM):

@@ -2,7 +2,8 @@
 
 Retrieval ranks facts by similarity; it cannot say *whether* the best-ranked fact answers. The faithful
 patient (:class:`mediq_env.patient.FaithfulPatient`) therefore decides relevance with a logistic head over
-a few features of each pair — dense similarity (MiniLM), BM25, where the fact ranks among the case's facts,
+a few features of each pair — dense similarity (MiniLM with its top layers tuned for answer relevance,
+:mod:`mediq_env.tuned_encoder`), BM25, where the fact ranks among the case's facts,
 lexical coverage, and whether the kinds of question and fact agree (a "when" question and a fact with a
 time in it; a question about age and a demographic fact). Its weights (:data:`HEAD_PATH`, a few hundred
 bytes of JSON) are fitted by ``python -m benchmarks.fit_relevance`` on the *calibration* half of the probe

@@ -79,11 +79,13 @@ def test_faithful_patient_floors(builtin_probes):
 
     faithful, _ = evaluate_patient(FaithfulPatient(), builtin_probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
-    assert faithful["adversarial_held"] >= 0.85
-    assert faithful["off_target"] <= 0.12 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["precision"] >= 0.75 and faithful["precision"] > bm25["precision"] + 0.1
-    assert faithful["abstained"] >= 0.6 and faithful["abstained"] > bm25["abstained"]
-    assert faithful["answered"] >= 0.40
+    # Measured (tuned encoder; both halves, so partly in-sample): answered 77.4%, off-target 3.2%,
+    # precision 95.5%, abstained 91.5%, adversarial held 95.5%.
+    assert faithful["adversarial_held"] >= 0.9
+    assert faithful["off_target"] <= 0.06 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["precision"] >= 0.9 and faithful["precision"] > bm25["precision"] + 0.1
+    assert faithful["abstained"] >= 0.85 and faithful["abstained"] > bm25["abstained"]
+    assert faithful["answered"] >= 0.70 and faithful["answered"] > bm25["answered"]
 
 
 @pytest.mark.shared
@@ -97,10 +99,11 @@ def test_faithful_patient_floors_on_public_test_half(shared_data):
     assert len(probes) >= 350
     faithful, _ = evaluate_patient(FaithfulPatient(), probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), probes)
+    # Measured (tuned encoder): answered 57.4%, off-target 5.6%, abstained 93.3%, adversarial held 93.2%.
     assert faithful["adversarial_held"] >= 0.9 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
-    assert faithful["off_target"] <= 0.10 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["abstained"] >= 0.75
-    assert faithful["answered"] >= 0.40
+    assert faithful["off_target"] <= 0.08 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["abstained"] >= 0.88
+    assert faithful["answered"] >= 0.52 and faithful["answered"] > bm25["answered"]
 
 
 def test_faithful_batched_equals_single_and_is_deterministic():
