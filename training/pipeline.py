@@ -91,15 +91,14 @@ def reward_configs() -> dict[str, Any]:
     swamps the information signal; this reward keeps only that signal.
 
     Why it is safe to optimise: what is left is exactly the question part of ``info_gain``, and the hack suite
-    (``benchmarks/results/hacks.md``, faithful patient, the patient the pipeline trains with) shows no
-    adversary beating the checklist on info-gain coverage on the builtin cases the pipeline trains on: keyword
-    soups, catch-alls, repeats, paraphrases, echoes, option probes, gibberish and joined questions all reveal
-    fewer facts (the closest, paraphrase, is -0.012 behind, not significantly; ``repeat_best``, which repeats
-    the case's best labelled question, is judged against the good doctor and falls 0.162 short). And with the
-    correctness term absent nothing else is left to game: the answer earns nothing whatever it is, and every
-    question still costs 0.02. Caveats: on medqa paraphrase is +0.005 ahead of the checklist (not
-    significant); under the bm25 patient joined and keyword questions do beat it; the suite predates the tuned
-    patient encoder.
+    (``benchmarks/results/hacks.md``, faithful patient with the tuned relevance encoder, the patient the
+    pipeline trains with) shows no adversary beating the checklist on info-gain coverage on the builtin cases
+    the pipeline trains on: keyword soups, catch-alls, repeats, paraphrases, echoes, option probes, gibberish
+    and joined questions all reveal fewer facts (the closest, paraphrase, is -0.004 behind, not significantly;
+    ``repeat_best``, which repeats the case's best labelled question, is judged against the good doctor and
+    falls 0.263 short of it). And with the correctness term absent nothing else is left to game: the answer
+    earns nothing whatever it is, and every question still costs 0.02. Caveats: on medqa paraphrase is
+    +0.018 ahead of the checklist (a FAIL there); under the bm25 patient joined and keyword questions beat it.
     """
     from dataclasses import replace
 
@@ -543,13 +542,20 @@ def ppo_command(config: Any) -> str:
     return shlex.join(parts)
 
 
-def stage_ppo(opts: PipelineOptions, out: Path, argv: Sequence[str]) -> dict[str, Any]:
-    stage_dir = out / "ppo"
+def _rl_stage_start(opts: PipelineOptions, out: Path, name: str) -> tuple[Path, list[str], dict[str, Any] | None]:
+    """An RL stage's folder, outputs, and its manifest when it finished earlier with the same reward."""
+    stage_dir = out / name
     outputs = ["policy/config.json", "metrics.jsonl"]
     done = _manifest_done(stage_dir, outputs)
     if done:
-        _check_reward(done, opts, "ppo")
-        print(f"[ppo] done earlier: {stage_dir}", flush=True)
+        _check_reward(done, opts, name)
+        print(f"[{name}] done earlier: {stage_dir}", flush=True)
+    return stage_dir, outputs, done
+
+
+def stage_ppo(opts: PipelineOptions, out: Path, argv: Sequence[str]) -> dict[str, Any]:
+    stage_dir, outputs, done = _rl_stage_start(opts, out, "ppo")
+    if done:
         return done
     started = time.time()
     config = ppo_config(opts, out)
@@ -790,12 +796,8 @@ def run_grpo(config: Any) -> dict[str, Any]:
 
 
 def stage_grpo(opts: PipelineOptions, out: Path, argv: Sequence[str]) -> dict[str, Any]:
-    stage_dir = out / "grpo"
-    outputs = ["policy/config.json", "metrics.jsonl"]
-    done = _manifest_done(stage_dir, outputs)
+    stage_dir, outputs, done = _rl_stage_start(opts, out, "grpo")
     if done:
-        _check_reward(done, opts, "grpo")
-        print(f"[grpo] done earlier: {stage_dir}", flush=True)
         return done
     started = time.time()
     config = grpo_config(opts, out)
