@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_html", "load_view_run", "measure_load", "write_html", "write_viewer"]
+__all__ = ["build_html", "load_view_run", "measure_load", "screenshot", "write_html", "write_viewer"]
 
 ASSETS = Path(__file__).resolve().parent / "viewer"
 VIEWER_FILE = "viewer.html"
@@ -702,12 +702,37 @@ def _measure_markdown(result: dict[str, Any]) -> str:
     ])
 
 
+def screenshot(html: str | Path, out: str | Path, *, case_id: str | None = None, binary: str | None = None) -> Path:
+    """A full-page PNG of a viewer as a reader first uses it (how ``benchmarks/results/viewer.png`` is made).
+
+    With two or more runs the second is set as the side-by-side partner; the episode list is narrowed to
+    ``case_id`` (default: the first run's first interactive episode) and that episode is opened.
+    """
+    with Browser(binary, width=1400, height=1000) as b:
+        b.open(Path(html).resolve().as_uri())
+        runs = b.eval("JSON.parse(document.getElementById('mediq-meta').textContent).runs.length")
+        if runs > 1:
+            b.eval("window.mediqViewer.setCompare(1)")
+        b.eval(f"window.mediqViewer.setFilter({{caseId: {json.dumps(case_id or '')}}})")
+        index = b.eval("(() => { const t = document.querySelector('#episode-table tbody tr'); return t ? Number(t.dataset.index) : -1; })()")
+        if index < 0:
+            raise ValueError(f"no interactive episode{' on case ' + case_id if case_id else ''} in {html}")
+        b.eval(f"window.mediqViewer.openEpisode(0, {index})")
+        errors = b.console_errors()
+        if errors:
+            raise RuntimeError(f"the page reported errors: {errors}")
+        return b.screenshot(out, full_page=True)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.view", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", help="run directories")
     parser.add_argument("--out", help="HTML file to write")
     parser.add_argument("--serve", action="store_true", help="serve the file on localhost")
+    parser.add_argument("--screenshot", metavar="PNG", help="also write a full-page screenshot (headless Chromium) with the "
+                                                             "second run side by side and one episode open")
+    parser.add_argument("--case", help="with --screenshot: the case whose episode is opened (default: the first)")
     parser.add_argument("--measure", type=int, nargs="?", const=10_000, metavar="N",
                         help="time the viewer of a synthetic N-episode run in headless Chromium (default 10000) "
                              "and write benchmarks/results/viewer_load.{json,md}")
@@ -720,6 +745,15 @@ def main(argv: Iterable[str] | None = None) -> int:
         result = json.loads(path.read_text(encoding="utf-8"))
         (path.with_suffix(".md")).write_text(_measure_markdown(result), encoding="utf-8")
         print(_measure_markdown(result))
+        return 0
+    if args.screenshot:
+        if not args.runs:
+            parser.error("--screenshot needs run directories")
+        path = write_html(args.runs, args.out or default_out(args.runs))
+        print(f"viewer: {path}")
+        print(f"screenshot: {screenshot(path, args.screenshot, case_id=args.case)}")
+        if args.serve:
+            serve(path)
         return 0
     return run_view(args.runs, out=args.out, serve_after=args.serve)
 

@@ -139,3 +139,28 @@ def test_cli_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(out.read_text().splitlines()) == 5
     assert mediq(["export", str(tmp_path), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert "neither a benchmark run" in capsys.readouterr().err
+
+
+def test_exports_are_what_trl_reads(run: Path, tmp_path: Path, tiny_dir: Path) -> None:
+    """Read back as a trainer would, each export goes through TRL's own chat-format helpers unchanged."""
+    pytest.importorskip("trl")
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    out, _ = export(run, "hf", tmp_path / "episodes")
+    for row in load_export(out, "hf"):
+        assert is_conversational(row)
+        text = apply_chat_template({"messages": row["messages"]}, tokenizer)["text"]
+        # Every message, in order, with its role: the doctor's actions as assistant turns, replies as user turns.
+        at = 0
+        for m in row["messages"]:
+            at = text.index(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>", at)
+    synth = _synth_folder(tmp_path)
+    pairs = load_export(export(synth, "hf", tmp_path / "pairs")[0], "hf")
+    for row in pairs["train"]:
+        assert is_conversational(row)
+        rendered = apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tokenizer)
+        assert rendered["prompt"].endswith("<|im_start|>assistant\n")  # generation prompt, as DPO wants it
+        assert rendered["chosen"].startswith(row["chosen"][0]["content"])
+        assert rendered["rejected"].startswith(row["rejected"][0]["content"])

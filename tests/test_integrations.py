@@ -10,7 +10,9 @@
 * verifiers: the multi-turn environment evaluated through a fake OpenAI-compatible server (an httpx mock
   transport behind a real ``openai.AsyncOpenAI`` client).
 
-Each part skips when its package is absent; none of them may be imported by ``import mediq_env``.
+Each part skips when its package is absent; none of them may be imported by ``import mediq_env``. CI installs
+inspect_ai in its main environment; verifiers (< 0.4, whose dependency openai-agents ships a top-level ``agents``
+package that hides mediq-env's) in an environment of its own, where ``.ci/run`` runs the verifiers tests.
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ def test_trl_grpo_trains_on_the_env_with_environment_factory(tiny_dir: Path, tmp
 
 
 def test_inspect_task_plays_episodes_with_a_mock_model(tmp_path: Path) -> None:
-    pytest.importorskip("inspect_ai")
+    pytest.importorskip("inspect_ai", reason="inspect_ai is not installed (the [inspect] extra, which CI installs)")
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
@@ -291,13 +293,68 @@ def test_inspect_task_plays_episodes_with_a_mock_model(tmp_path: Path) -> None:
     assert metrics["questions_asked/mean"] == 1.0 and metrics["facts_found/mean"] == 1.0
 
 
+def test_inspect_eval_loads_the_task_file_with_task_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``inspect eval mediq_env/integrations/inspect_task.py -T ...`` does: inspect finds the @task in the
+    file and passes the -T options. (The CLI itself needs a provider: offline, mockllm's default token counting
+    downloads tiktoken tables, so the mock model is given through the API.)"""
+    pytest.importorskip("inspect_ai", reason="inspect_ai is not installed (the [inspect] extra, which CI installs)")
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+    from mediq_env.cases import builtin_cases
+    from mediq_env.patient import make_patient
+
+    outputs = [ModelOutput.from_content("mockllm/model", text) for text in ("Do you have a fever?", "ANSWER: B")]
+    for output in outputs:
+        output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    model = get_model("mockllm/model", custom_outputs=outputs)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the command's path is relative to the checkout
+    [log] = inspect_eval(
+        "mediq_env/integrations/inspect_task.py", model=model, task_args={"max_questions": 1, "patient": "bm25", "question_cost": 0.25},
+        limit=1, log_dir=str(tmp_path), display="none",
+    )
+    assert log.status == "success", log.error
+    assert log.eval.task == "mediq" and log.eval.task_args["question_cost"] == 0.25
+    [sample] = log.samples or []
+    episode = sample.scores["mediq_scorer"].metadata
+    first = builtin_cases()[0]
+    assert sample.id == f"{first.id}:0" and episode["questions_asked"] == 1 and episode["outcome"] == "forced"
+    # The built-in cases, the bm25 patient and the -T question cost, as a plain env gives them.
+    env = MediQEnv(None, patient=make_patient("bm25"), max_questions=1, reward_fn=CorrectnessReward(question_cost=0.25))
+    env.reset(seed=0, options={"case_id": first.id})
+    expected = sum(float(env.step(a)[1]) for a in ("Do you have a fever?", "ANSWER: B"))
+    assert episode["reward"] == pytest.approx(expected)
+    assert episode["components"]["question_cost"] == pytest.approx(-0.25)
+
+
 # -- verifiers ----------------------------------------------------------------------------------------
 
 
+def _classic_verifiers() -> Any:
+    """verifiers with its classic MultiTurnEnv API, or a skip that says where the tests run instead."""
+    where = "CI runs these tests in the verifiers environment .ci/run makes (pip install -e '.[verifiers]')"
+    vf = pytest.importorskip("verifiers", reason=f"verifiers is not installed here; {where}")
+    if getattr(vf, "MultiTurnEnv", None) is None:
+        pytest.skip(f"verifiers {vf.__version__} has no MultiTurnEnv (removed in 0.4; the [verifiers] extra pins <0.4); {where}")
+    return vf
+
+
+def test_verifiers_0_4_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verifiers 0.4 keeps only its v1 stack: importing the adapter says so instead of an AttributeError."""
+    import importlib
+    import types
+
+    fake = types.ModuleType("verifiers")
+    fake.__version__ = "0.4.0"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "verifiers", fake)
+    monkeypatch.delitem(sys.modules, "mediq_env.integrations.verifiers_env", raising=False)
+    with pytest.raises(ImportError, match=r"verifiers 0\.4\.0 has no classic MultiTurnEnv.*verifiers<0\.4"):
+        importlib.import_module("mediq_env.integrations.verifiers_env")
+    monkeypatch.delitem(sys.modules, "mediq_env.integrations.verifiers_env", raising=False)
+
+
 def test_verifiers_env_scores_with_the_env_reward() -> None:
-    vf = pytest.importorskip("verifiers")
-    if not hasattr(vf, "MultiTurnEnv"):
-        pytest.skip("verifiers >= 0.4 has no MultiTurnEnv (the [verifiers] extra pins <0.4)")
+    _classic_verifiers()
     httpx = pytest.importorskip("httpx")
     openai = pytest.importorskip("openai")
     from verifiers.clients import OpenAIChatCompletionsClient
@@ -349,16 +406,14 @@ def _load_example(name: str) -> Any:
 
 
 def test_inspect_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("inspect_ai")
+    pytest.importorskip("inspect_ai", reason="inspect_ai is not installed (the [inspect] extra, which CI installs)")
     monkeypatch.chdir(tmp_path)
     _load_example("inspect_eval.py").main(1)
     assert "questions_asked" in capsys.readouterr().out
 
 
 def test_verifiers_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    vf = pytest.importorskip("verifiers")
-    if not hasattr(vf, "MultiTurnEnv"):
-        pytest.skip("verifiers >= 0.4 has no MultiTurnEnv")
+    _classic_verifiers()
     _load_example("verifiers_env.py").main(2)
     assert "reward" in capsys.readouterr().out
 

@@ -292,3 +292,107 @@ def test_write_viewer_keeps_a_fresh_file_and_survives_read_only_media(runs: tupl
     assert fallback.parent == Path(tempfile.gettempdir()) and fallback.exists()
     assert sorted(p.name for p in run.iterdir()) == before
     fallback.unlink()
+
+
+# -- what each part of the page shows, checked against the run's own files ---------------------------------------
+
+
+def test_mediq_bench_prints_the_viewer_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench-run"
+    argv = ["bench", "--agent", "checklist", "--limit", "2", "--max-questions", "1", "--patient", "bm25",
+            "--scorer", "env", "--modes", "interactive", "--out", str(out)]
+    assert mediq(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"viewer: {out / 'viewer.html'}"
+    meta = _data_blocks((out / "viewer.html").read_text(encoding="utf-8"))["mediq-meta"]
+    assert meta["runs"][0]["config"]["agent"] == "checklist"  # type: ignore[index]
+    # Rerunning the finished run prints the same path and leaves the file as it was.
+    stamp = (out / "viewer.html").stat().st_mtime_ns
+    assert mediq(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"viewer: {out / 'viewer.html'}"
+    assert (out / "viewer.html").stat().st_mtime_ns == stamp
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+@needs_browser
+def test_page_shows_the_runs_numbers_facts_scores_and_plots(page: Path, runs: tuple[Path, Path]) -> None:
+    from mediq_env import builtin_cases
+
+    cases = {c.id: c for c in builtin_cases()}
+    summaries = [json.loads((r / "summary.json").read_text())["modes"] for r in runs]
+    eps = _episodes(runs[0])
+    with Browser() as b:
+        b.call("Network.enable")
+        b.open(page.resolve().as_uri())
+        # Leaderboard: every column the issue names, and each run's accuracy with its interval and baselines.
+        heads = b.eval("[...document.querySelectorAll('#leaderboard th')].map(th => th.textContent)")
+        for h in ("accuracy [95% CI]", "no interaction", "full information", "majority letter", "questions asked",
+                  "new facts / question", "fallback rate"):
+            assert h in heads
+        for i, s in enumerate(summaries):
+            cells = b.eval(f"[...document.querySelectorAll('#leaderboard tr[data-run=\"{i}\"] td')].map(td => td.textContent)")
+            acc = s["interactive"]["accuracy"]
+            assert cells[heads.index("accuracy [95% CI]")] == f"{_pct(acc['mean'])} [{_pct(acc['ci_low'])}, {_pct(acc['ci_high'])}]"
+            assert cells[heads.index("no interaction")].startswith(_pct(s["no_interaction"]["accuracy"]["mean"]))
+            assert cells[heads.index("full information")].startswith(_pct(s["full_information"]["accuracy"]["mean"]))
+        # Plots inline: one accuracy-vs-questions line per run, and every run's PNGs decoded from data: URIs.
+        assert b.eval("document.querySelectorAll('#accuracy-chart svg polyline').length") == 2
+        b.eval("document.getElementById('plots').open = true")
+        n_png = sum(len(list((r / "plots").glob("*.png"))) for r in runs)
+        assert n_png > 0 and b.eval("document.querySelectorAll('#plot-list img').length") == n_png
+        b.eval("document.querySelectorAll('#plot-list img').forEach(i => i.loading = 'eager')")
+        b.wait_for("[...document.querySelectorAll('#plot-list img')].every(i => i.complete && i.naturalWidth > 0)")
+        # One chat, checked fact by fact against the episode record.
+        index = next(i for i, e in enumerate(eps) if e["mode"] == "interactive" and any(t["new_facts"] for t in e["turns"]))
+        e, case = eps[index], cases[eps[index]["case_id"]]
+        b.eval(f"window.mediqViewer.openEpisode(0, {index})")
+        box = "document.querySelector('#episode-detail .episode')"
+        new = [case.facts[i] for t in e["turns"] for i in t["new_facts"]]
+        assert b.eval(f"[...{box}.querySelectorAll('.msg.patient .fact.new')].map(x => x.textContent)") == new
+        found = {i for t in e["turns"] for i in t["new_facts"]}
+        missed = [i for i in case.key_facts if i not in found and i not in case.known_facts]
+        assert b.eval(f"{box}.querySelectorAll('.facts-list li.found').length") == len(found)
+        assert b.eval(f"[...{box}.querySelectorAll('.facts-list li.missed')].map(li => li.textContent)") == [
+            f"{case.facts[i]} (key fact missed)" for i in missed]
+        shown = {"ABCDEFGHIJ"[i]: case.options[old] for i, old in enumerate(e["option_order"])}
+        assert b.eval(f"{box}.querySelector('.options li.correct').textContent").startswith(f"{e['correct_answer']}) {shown[e['correct_answer']]}")
+        final = b.eval(f"{box}.querySelector('.msg.final').textContent")
+        assert f"answered {e['answer']}) {shown[e['answer']]}; correct {e['correct_answer']})" in final
+        # Reward components and attribute scores of every turn, as chips named by their keys.
+        chips = b.eval(f"[...{box}.querySelectorAll('.chat .chip')].map(c => c.title)")
+        for t in e["turns"]:
+            assert set(t["reward_components"]) <= set(chips) and set(t["scores"]) <= set(chips)
+        assert any(t["scores"] for t in e["turns"])
+        # The specialty filter keeps exactly that specialty's episodes.
+        specialty = case.specialty
+        assert specialty
+        b.eval("window.mediqViewer.openEpisode(0, 0)")
+        _choose(b, "#specialty-select", specialty)
+        expected = sum(1 for x in eps if x["mode"] == "interactive" and cases[x["case_id"]].specialty == specialty)
+        assert b.eval("window.mediqViewer.filteredCount()") == expected
+        assert b.eval("[...document.querySelectorAll('#episode-table tbody tr td:nth-child(2)')].every(td => td.textContent === "
+                      f"{json.dumps(specialty)})")
+        # Offline: the page requested nothing but itself and data: URIs.
+        urls = [ev["params"]["request"]["url"] for ev in b.events if ev.get("method") == "Network.requestWillBeSent"]
+        assert urls and all(u.startswith(("file:", "data:")) for u in urls), urls
+        assert b.console_errors() == []
+
+
+@needs_browser
+def test_screenshot_command_opens_a_case_side_by_side(runs: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m benchmarks.view A B --screenshot PNG --case ID``: how benchmarks/results/viewer.png is made."""
+    from benchmarks.view import main as view_main
+
+    png, html = tmp_path / "shot.png", tmp_path / "both.html"
+    assert view_main([str(runs[0]), str(runs[1]), "--out", str(html), "--screenshot", str(png), "--case", "bi-003"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"viewer: {html}", f"screenshot: {png}"]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width == 1400 and height > 1000  # the full page: leaderboard, chart, two chats below the fold
+    with pytest.raises(ValueError, match="no interactive episode on case nope"):
+        view_main([str(runs[0]), "--out", str(html), "--screenshot", str(png), "--case", "nope"])

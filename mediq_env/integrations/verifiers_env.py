@@ -38,6 +38,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("verifiers", "verifiers", "The verifiers environment") from exc
 
+if getattr(vf, "MultiTurnEnv", None) is None:
+    # verifiers >= 0.4 ships only its v1 stack (`verifiers.v1`); `vf.MultiTurnEnv` would be an AttributeError
+    # at the class statement below, which names neither the cause nor the fix.
+    raise ImportError(
+        f"verifiers {getattr(vf, '__version__', '?')} has no classic MultiTurnEnv/Rubric API (verifiers 0.4 removed "
+        "it), which mediq_env.integrations.verifiers_env is built on: install 'verifiers<0.4' "
+        "(pip install 'mediq-env[verifiers]', in its own environment)"
+    )
+
 from mediq_env.integrations import CasesArg, Episode, RewardArg, build_env, load_case_list, shared_patient
 from mediq_env.patient import FactLookupPatient, Patient
 
