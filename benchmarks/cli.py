@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="write the comparison as JSON here")
     p.add_argument("--force", action="store_true", help="compare runs made with different settings (prints a warning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while judging")
+    run.add_openai_arguments(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("view", help="one self-contained HTML file to read runs: leaderboard, episodes as chats, filters")
@@ -40,7 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("path", help="a run directory, or a `mediq synth` output folder (preference pairs)")
     p.add_argument("--format", required=True, choices=["jsonl", "parquet", "hf"],
                    help="jsonl / parquet: one file; hf: a datasets.save_to_disk folder")
-    p.add_argument("--out", required=True, help="file (jsonl, parquet) or folder (hf) to write")
+    p.add_argument("--out", help="file (jsonl, parquet) or folder (hf) to write (default: PATH/export.jsonl, "
+                   "PATH/export.parquet or the folder PATH/export_hf)")
     p.add_argument("--cases", help="the cases file the run used, when the path in its manifest no longer resolves")
     p.add_argument("--modes", help="only these run modes, comma-separated (default: all)")
     p.add_argument("--pairs", choices=["pairs", "overall"], default="pairs",
@@ -57,7 +59,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from benchmarks.compare import compare_runs, format_comparison
+    from benchmarks.run import apply_openai_arguments
 
+    apply_openai_arguments(args)
     result = compare_runs(
         args.run_a, args.run_b, judge=args.judge, attribute=args.attribute, samples=args.samples,
         force=args.force, progress=not args.no_progress,
@@ -67,7 +71,12 @@ def _compare(args: argparse.Namespace) -> int:
         import json
         from pathlib import Path
 
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+        from mediq_env.errors import ConfigError
+
+        try:
+            Path(args.out).write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+        except OSError as exc:  # the comparison is printed above; say why the file is missing, in one line
+            raise ConfigError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return 0
 
 

@@ -247,10 +247,16 @@ def write_rows(rows: Sequence[Mapping[str, Any]], out: str | Path, fmt: Format, 
     return out_path
 
 
-def export(path: str | Path, fmt: Format, out: str | Path, *, cases: str | Path | None = None,
+def default_out(path: str | Path, fmt: Format) -> Path:
+    """Where an export goes when no ``out`` is given: beside the run's own files."""
+    return Path(path) / ("export_hf" if fmt == "hf" else f"export.{fmt}")
+
+
+def export(path: str | Path, fmt: Format, out: str | Path | None = None, *, cases: str | Path | None = None,
            modes: Iterable[str] | None = None, pairs: Literal["pairs", "overall"] = "pairs") -> tuple[Path, int]:
     """Export a run's episodes or a synth folder's pairs; returns ``(out, rows written)``."""
     source = Path(path)
+    out = default_out(source, fmt) if out is None else out
     if (source / "manifest.json").exists() and (source / "episodes.jsonl").exists():
         rows = episode_rows(source, cases=cases, modes=modes)
         return write_rows(rows, out, fmt, episode_features()), len(rows)

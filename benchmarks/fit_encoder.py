@@ -3,11 +3,14 @@
 Called by :mod:`benchmarks.fit_relevance` (once per cross-validation fold, then on the whole calibration
 half); the result is a :class:`mediq_env.tuned_encoder.TunedEncoder`.
 
-Objective, per probe: a softmax over the case's facts plus one learned "no fact" slot. An answerable probe
-maximises the probability of its answering facts (any of them); an unanswerable probe maximises the "no
-fact" slot. Negatives are the other facts of the *same case* — exactly the choice the patient faces — so
-the encoder learns what answers, not what is on topic. The bottom layers are frozen, so their outputs are
-computed once per text and only the top layers run in the training loop (minutes on one CPU core).
+Objective, per probe: a softmax over the case's facts plus one learned "no fact" slot. For an answerable
+probe, *each* answering fact is scored against the non-answering facts and the slot (one term per answering
+fact), so a broad question ("what medicines do you take?") pulls every medicine above "no fact", not just
+the easiest one; an unanswerable probe maximises the "no fact" slot. Negatives are the other facts of the
+*same case* — exactly the choice the patient faces — so the encoder learns what answers, not what is on
+topic. A batch is a few whole cases with all their probes, so each fact is embedded once per step. The
+bottom layers are frozen, so their outputs are computed once per text and only the top layers run in the
+training loop (minutes on one CPU core).
 """
 
 from __future__ import annotations
@@ -51,12 +54,18 @@ def _embed(encoder: TunedEncoder, cache: dict[str, Any], texts: Sequence[str]) -
 
 
 def probe_loss(q: Any, facts: Any, answers: Sequence[int], null: Any) -> Any:
-    """−log P(an answering fact), or −log P(no fact) for an unanswerable probe (see the module docstring)."""
+    """Mean over answering facts of −log P(that fact | it, the non-answering facts, "no fact"); for an
+    unanswerable probe −log P(no fact | all facts, "no fact") (see the module docstring)."""
     import torch
 
     logits = torch.cat([SCALE * (facts @ q), (SCALE * null).view(1)])
-    logp = torch.log_softmax(logits, 0)
-    return -torch.logsumexp(logp[list(answers)], 0) if answers else -logp[-1]
+    if not answers:
+        return -torch.log_softmax(logits, 0)[-1]
+    positive = torch.zeros(len(logits), dtype=torch.bool)
+    positive[list(answers)] = True
+    rest = logits[~positive]
+    terms = [-torch.log_softmax(torch.cat([logits[i].view(1), rest]), 0)[0] for i in answers]
+    return torch.stack(terms).mean()
 
 
 def fine_tune(
@@ -66,7 +75,7 @@ def fine_tune(
     top_layers: int = 2,
     epochs: int = 4,
     lr: float = 5e-5,
-    batch_size: int = 8,
+    cases_per_batch: int = 2,
     seed: int = 0,
     log: Any = print,
 ) -> TunedEncoder:
@@ -82,28 +91,34 @@ def fine_tune(
     rng = np.random.default_rng(seed)
     encoder.top.train()
     losses: list[float] = []
+    by_case: dict[tuple[str, str], list[Probe]] = {}
+    for p, _ in data:
+        by_case.setdefault((p.source, p.case_id), []).append(p)
+    groups = [(load_probe_cases(src)[cid], ps) for (src, cid), ps in by_case.items()]
     for epoch in range(epochs):
         total = 0.0
-        order = rng.permutation(len(data))
-        for start in range(0, len(order), batch_size):
-            batch = [data[i] for i in order[start:start + batch_size]]
-            facts = [strip_frame(f) for _, c in batch for f in c.facts]
-            emb = _embed(encoder, cache, [p.question for p, _ in batch] + facts)
-            q_emb, f_emb = emb[: len(batch)], emb[len(batch):]
+        order = rng.permutation(len(groups))
+        for start in range(0, len(order), cases_per_batch):
+            batch = [groups[i] for i in order[start:start + cases_per_batch]]
+            questions = [p.question for _, ps in batch for p in ps]
+            facts = [strip_frame(f) for c, _ in batch for f in c.facts]
+            emb = _embed(encoder, cache, questions + facts)
+            q_emb, f_emb = emb[: len(questions)], emb[len(questions):]
             loss = q_emb.new_zeros(())
-            offset = 0
-            for i, (p, case) in enumerate(batch):
+            qi = offset = 0
+            for case, ps in batch:
                 n = len(case.facts)
-                loss = loss + probe_loss(q_emb[i], f_emb[offset:offset + n], p.answers, null)
+                for p in ps:
+                    loss = loss + probe_loss(q_emb[qi], f_emb[offset:offset + n], p.answers, null)
+                    qi += 1
                 offset += n
-            loss = loss / len(batch)
             optimiser.zero_grad()
-            loss.backward()
+            (loss / len(questions)).backward()
             optimiser.step()
-            total += float(loss.detach()) * len(batch)
+            total += float(loss.detach())
         losses.append(total / max(1, len(data)))
         log(f"  encoder epoch {epoch + 1}/{epochs}: loss {losses[-1]:.3f}")
     encoder.top.eval()
-    encoder.meta = {"top_layers": top_layers, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+    encoder.meta = {"top_layers": top_layers, "epochs": epochs, "lr": lr, "cases_per_batch": cases_per_batch, "seed": seed,
                     "probes": len(data), "loss_per_epoch": [round(x, 4) for x in losses]}
     return encoder

@@ -62,20 +62,29 @@ def _select(probs: np.ndarray, threshold: float, relative: float, k: int) -> tup
     return head.select(probs)
 
 
+def _violation(m: dict[str, Any]) -> float:
+    """How far a rule's figures fall outside the bounds (0 when it meets both)."""
+    return max(0.0, m["off_target"] - MAX_OFF_TARGET) + max(0.0, MIN_ABSTAINED - m["abstained"])
+
+
+def _rank(m: dict[str, Any]) -> tuple[float, float]:
+    """Bounds first — a rule that meets them beats any that does not, and among those that do not, the one
+    closest to them wins — then the most answered (precision breaks ties). Answering more never buys a
+    breach of the off-target or abstention bound."""
+    return (-round(_violation(m), 4), m["answered"] + 0.1 * m["precision"])
+
+
 def choose_rule(probes: list[Probe], probs: list[np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (threshold, relative, k) that answers most while meeting the off-target and abstention bounds."""
-    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    best: tuple[tuple[float, float], dict[str, Any], dict[str, Any]] | None = None
     # k is not tuned: a patient asked "which medicines do you take?" names all of them at once, so that a
     # paraphrased re-ask finds nothing new (the hack suite's paraphrase doctor) — up to ANSWER_ALL facts.
-    for threshold, relative, k in itertools.product(np.arange(0.10, 0.91, 0.02), (0.0, 0.5, 0.7, 0.85), (ANSWER_ALL,)):
+    for threshold, relative, k in itertools.product(np.arange(0.10, 0.96, 0.02), (0.0, 0.5, 0.7, 0.85), (ANSWER_ALL,)):
         revealed = [_select(p, float(threshold), relative, k) for p in probs]
         m = probe_metrics(probes, revealed)
-        feasible = m["off_target"] <= MAX_OFF_TARGET and m["abstained"] >= MIN_ABSTAINED
-        # Feasible rules rank by answered (then precision); infeasible ones only if nothing is feasible.
-        score = (m["answered"] + 0.1 * m["precision"]) if feasible else -1 + m["answered"] - 3 * m["off_target"] - (1 - m["abstained"])
         rule = {"threshold": round(float(threshold), 2), "relative": relative, "k": k}
-        if best is None or score > best[0]:
-            best = (score, rule, m)
+        if best is None or _rank(m) > best[0]:
+            best = (_rank(m), rule, m)
     assert best is not None
     return best[1], best[2]
 
@@ -161,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         trials.append((c, rule, m))
         print(f"C={c}: rule {rule} -> answered {m['answered']:.3f} off-target {m['off_target']:.3f} abstained {m['abstained']:.3f} precision {m['precision']:.3f}", flush=True)
 
-    def rank(t: tuple[float, dict[str, Any], dict[str, Any]]) -> float:
-        m = t[2]
-        feasible = m["off_target"] <= MAX_OFF_TARGET and m["abstained"] >= MIN_ABSTAINED
-        return m["answered"] + 0.1 * m["precision"] + (0 if feasible else -10)
-
-    c, rule, cv = max(trials, key=rank)
+    c, rule, cv = max(trials, key=lambda t: _rank(t[2]))
     encoder = encoder_for(probes)
     patient = _patient_for(probes, encoder)
     xs = features_for(probes, patient)

@@ -6,7 +6,9 @@ cases, labelled with every fact that answers them) the patient replies, and we c
 * **answered** — answerable questions whose reply reveals at least one labelled fact;
 * **off-target** — answerable questions whose reply reveals facts, none of them labelled (the wrong answer);
 * **precision** — of all facts revealed for answerable questions, the share that answer;
-* **abstained** — unanswerable questions (``unanswerable`` probes and ``opening`` probes with no label)
+* **recall** — of all labelled answering facts of answerable questions, the share revealed (a broad
+  question — "what medicines do you take?" — is only fully answered when every medicine is named);
+* **abstained** — unanswerable questions (``unanswerable`` probes, and ``opening`` or ``history`` probes with no label)
   whose reply reveals nothing, as it should;
 * **adversarial held** — adversarial actions (keyword lists, catch-alls, statements, several questions,
   option guesses) that reveal nothing.
@@ -58,6 +60,7 @@ def probe_metrics(probes: Sequence[Probe], revealed: Sequence[Sequence[int]]) ->
         "off_target": rate(off_target, len(answerable)),
         "precision": rate(n_right, n_revealed),
         "facts_per_reply": rate(n_revealed, len(answerable)),
+        "recall": rate(n_right, sum(len(p.answers) for p, _ in answerable)),
         "abstained": rate(sum(not r for r in unanswerable), len(unanswerable)),
         "adversarial_held": rate(sum(not r for r in adversarial), len(adversarial)),
     }
@@ -94,6 +97,33 @@ def _table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(rows)
 
 
+ANSWERABLE_KINDS = ("targeted", "opening", "history")
+
+
+def by_kind(probes: Sequence[Probe], revealed: Sequence[Sequence[int]]) -> dict[str, dict[str, Any]]:
+    """:func:`probe_metrics` for each kind of real question (targeted paraphrases, questions from the opening,
+    broad history-taking questions), so a patient that only handles one kind cannot hide behind the mix."""
+    out = {}
+    for kind in ANSWERABLE_KINDS:
+        idx = [i for i, p in enumerate(probes) if p.kind == kind]
+        if idx:
+            out[kind] = probe_metrics([probes[i] for i in idx], [revealed[i] for i in idx])
+    return out
+
+
+def _kind_table(kinds: dict[str, dict[str, dict[str, Any]]]) -> str:
+    rows = ["| patient | source | " + " | ".join(f"{k}: answered / recall / off-target" for k in ANSWERABLE_KINDS) + " |",
+            "|---|---|" + "---|" * len(ANSWERABLE_KINDS)]
+    for name, by_source in kinds.items():
+        for source, per in by_source.items():
+            cells = []
+            for k in ANSWERABLE_KINDS:
+                m = per.get(k)
+                cells.append("—" if m is None else f"{_fmt(m['answered'])} / {_fmt(m['recall'])} / {_fmt(m['off_target'])} (n={m['answerable']})")
+            rows.append(f"| {name} | {source} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="faithful,bm25,bm25+minilm", help="comma-separated patient names")
@@ -105,14 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     sources = [s for s in SOURCES if any(p.source == s for p in probes)]
     specs = [s for s in args.patients.split(",") if s]
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    kinds: dict[str, dict[str, dict[str, Any]]] = {}
     for spec in specs + (["llm-select:smollm2"] if args.llm_limit else []):
         patient = make_patient(spec)
-        results[spec] = {}
+        results[spec], kinds[spec] = {}, {}
         for source in sources:
             subset = [p for p in probes if p.source == source]
             if spec.startswith("llm"):
                 subset = subset[: args.llm_limit]
-            results[spec][source], _ = evaluate_patient(patient, subset)
+            results[spec][source], revealed = evaluate_patient(patient, subset)
+            kinds[spec][source] = by_kind(subset, revealed)
             print(spec, source, {k: v for k, v in results[spec][source].items() if v is not None and not isinstance(v, int)}, flush=True)
     md = (
         f"# Patient faithfulness on the labelled probe set ({args.split} half)\n\n"
@@ -121,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --split {args.split}" if args.split != "test" else "")
         + "`\n\n"
         + _table(results)
+        + "\n\nBy kind of question (answered / recall of labelled facts / off-target, over answerable questions of that kind):\n\n"
+        + _kind_table(kinds)
         + "\n\nanswered / off-target / precision: over answerable questions (a fact answers them); abstained: over "
         "questions no fact answers; adversarial held: keyword lists, catch-alls, statements, several questions in "
         "one action and option guesses that revealed nothing. Probes and labelling rule: `benchmarks/data/probes/`."
@@ -128,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     name = "patient_quality" if args.split == "test" else "patient_quality_calibration"
-    path = write_result(name, {"split": args.split, "targets": TARGETS, "results": results}, md, args.out_dir)
+    path = write_result(name, {"split": args.split, "targets": TARGETS, "results": results, "by_kind": kinds}, md, args.out_dir)
     print(md)
     print(f"written: {path}")
     return 0

@@ -11,7 +11,9 @@ Record fields:
 ``source``     ``builtin`` | ``askdocs`` | ``medqa`` (which case file; see :data:`SOURCES`)
 ``case_id``    the case's id as loaded (MedQA's integer ids as strings)
 ``kind``       ``targeted`` (a paraphrase aimed at one fact) | ``opening`` (written from the opening alone,
-               then labelled) | ``unanswerable`` (no fact answers) | ``adversarial`` (not a real question)
+               then labelled) | ``history`` (a broad history-taking question — medicines, tests so far,
+               family history… — labelled with every fact that answers; may be empty) | ``unanswerable``
+               (no fact answers) | ``adversarial`` (not a real question)
 ``attack``     for adversarial probes: ``keywords`` | ``catchall`` | ``statement`` | ``multi`` | ``option``
 ``question``   the doctor's action, verbatim
 ``answers``    ``[[fact index, fact hash], ...]``: every fact that answers; empty when none does
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 PROBE_DIR = DATA_DIR / "probes"
-KINDS = ("targeted", "opening", "unanswerable", "adversarial")
+KINDS = ("targeted", "opening", "history", "unanswerable", "adversarial")
 ATTACKS = ("keywords", "catchall", "statement", "multi", "option")
 SOURCES = {"builtin": None, "askdocs": "mediq_askdocs_dev.jsonl", "medqa": "medqa_dev.jsonl"}
 Split = Literal["calibration", "test"]

@@ -18,9 +18,14 @@ A run directory holds:
 Rerunning the same command resumes: finished episodes are skipped, failed ones are retried (at most
 ``--max-attempts`` attempts each), damaged lines are moved aside, and a different config in the same
 directory is refused (the cases are compared by content, not by how their path is spelled). Rerunning a
-finished run only recomputes and prints its summary and writes nothing. Besides the interactive mode,
+finished run only recomputes and prints its summary and writes nothing. A new run needs a new or empty
+directory (one holding other files is refused rather than written over). Besides the interactive mode,
 reference modes run the same agent on the same cases: ``no_interaction`` (initial information only, no
 questions) and ``full_information`` (every fact given up front).
+
+This module builds the pieces, runs the episodes, summarises and parses the command line (``--openai-*``
+flags bound requests to OpenAI-compatible servers); the config is :mod:`benchmarks.config`, the run
+directory's reading, repair, lock and writes are :mod:`benchmarks.rundir`.
 """
 
 from __future__ import annotations
@@ -31,112 +36,46 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from importlib import metadata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from benchmarks.common import json_safe
+from benchmarks.config import BASELINE_AGENTS, MODES, PATIENTS, BenchConfig, Spec, episode_specs
 from benchmarks.metrics import FALLBACK_WARN_RATE
+from benchmarks.rundir import Plan, RunDir, RunDirError, RunState, note, parse_episode_line, plan_episodes
 from mediq_env import BatchedEnv, Case, Patient, builtin_cases, make_patient
 from mediq_env.case import read_cases
 from mediq_env.cases import builtin_cases_path
 from mediq_env.errors import CaseFormatError, ConfigError, MediQError
 
+# Re-exported: the config and the run directory live in benchmarks.config and benchmarks.rundir.
 __all__ = [
     "MODES",
+    "PATIENTS",
     "BenchConfig",
     "RunDir",
     "RunDirError",
+    "Spec",
     "build_agent",
     "build_patient",
     "episode_specs",
     "format_run_summary",
+    "parse_episode_line",
+    "plan_episodes",
     "run_benchmark",
 ]
 
-MODES = ("interactive", "no_interaction", "full_information")
-BASELINE_AGENTS = ("answer-now", "checklist", "random")
-PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
 # The environment proxy that needs the MiniLM embedder (tens of seconds to load on a CPU); ``--scorer env``
 # leaves it out so that a model-free run stays model-free, ``env:all`` asks for it.
 EMBEDDING_PROXY = "proxy_relevance"
 
-
-class RunDirError(ConfigError):
-    """The run directory cannot be used as asked: its manifest is damaged, another run holds it, or it
-    cannot be written (read-only, full). The message names the file and says what to do."""
-
-
-@dataclass
-class BenchConfig:
-    """Everything that determines a run's results (the run directory is not part of it)."""
-
-    agent: str = "llm:smollm2"
-    strategy: str = "implicit"
-    threshold: float | None = None
-    rationale: bool = False
-    self_consistency: int = 1
-    question_model: str | None = None
-    patient: str = "faithful"
-    cases: str | None = None
-    initial_info: str = "auto"
-    max_questions: int = 5
-    repeats: int = 1
-    seed: int = 0
-    shuffle_options: bool = True
-    limit: int | None = None
-    scorer: str = "env"
-    modes: tuple[str, ...] = MODES
-    batch_size: int = 16
-    cache_dir: str | None = None
-    skip_invalid: bool = False
-    max_attempts: int = 3
-
-    # Settings that change speed or persistence, not results: a resumed run may use different values.
-    # (skip_invalid too: the cases file is compared by checksum, and a file with invalid records never
-    # started a run without it.)
-    RESUMABLE_CHANGES = ("batch_size", "cache_dir", "max_attempts", "skip_invalid")
-
-    def __post_init__(self) -> None:
-        self.modes = tuple(self.modes)
-        if self.max_questions < 0:
-            raise ConfigError(f"max_questions must be >= 0, got {self.max_questions}")
-        if self.repeats < 1:
-            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
-        if self.self_consistency < 1:
-            raise ConfigError(f"self_consistency must be >= 1, got {self.self_consistency}")
-        if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if "interactive" not in self.modes or any(m not in MODES for m in self.modes):
-            raise ConfigError(f"modes must include 'interactive' and come from {MODES}, got {self.modes}")
-        if self.initial_info not in ("auto", "given", "derived"):
-            raise ConfigError(f"initial_info must be auto, given or derived, got {self.initial_info!r}")
-        kind = self.patient.split(":", 1)[0]
-        known = ("faithful", "bm25", "bm25+minilm", "lookup", "lookup+minilm", "llm-select", "llm-freeform")
-        if kind not in known or (kind.startswith("llm") and ":" not in self.patient):
-            raise ConfigError(f"unknown patient {self.patient!r}; use one of {', '.join(PATIENTS)}")
-
-    def result_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE_CHANGES}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # -- building the pieces --------------------------------------------------------------------------------
@@ -213,17 +152,26 @@ def build_scorer(config: BenchConfig) -> Any | None:
             from mediq_env.scoring import RewardModelScorer
 
             target = Path(part.removeprefix("rm:"))
+            if not target.exists():
+                # Checked here: transformers would read the path as a hub id and fail with a traceback.
+                raise ConfigError(f"scorer {part!r}: {target} does not exist; rm: takes a directory written by "
+                                  "`mediq train reward` (or its reward_models.json)")
             index = target / "reward_models.json" if target.is_dir() else target
-            if index.suffix == ".json" and index.exists():
-                try:
-                    mapping = json.loads(index.read_text(encoding="utf-8"))
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"{index}: cannot read the reward-model index ({exc})") from None
-                if not isinstance(mapping, dict):
-                    raise ConfigError(f"{index}: expected a JSON object mapping score names to model directories")
-                parts.append(RewardModelScorer({k: (index.parent / v if not Path(v).is_absolute() else Path(v)) for k, v in mapping.items()}))
-            else:
-                parts.append(RewardModelScorer(target))
+            try:
+                if index.suffix == ".json" and index.exists():
+                    try:
+                        mapping = json.loads(index.read_text(encoding="utf-8"))
+                    except (OSError, ValueError) as exc:
+                        raise ConfigError(f"{index}: cannot read the reward-model index ({exc})") from None
+                    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+                        raise ConfigError(f"{index}: expected a JSON object mapping score names to model directories")
+                    parts.append(RewardModelScorer({k: (index.parent / v if not Path(v).is_absolute() else Path(v)) for k, v in mapping.items()}))
+                else:
+                    parts.append(RewardModelScorer(target))
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, MediQError):
+                    raise
+                raise ConfigError(f"scorer {part!r}: cannot load the reward model from {target}: {_short_error(str(exc))}") from None
         else:
             raise ConfigError(f"unknown scorer {part!r}; use none, env, env:all, judge:<backend>, rm:<dir>, joined with '+'")
     return parts[0] if len(parts) == 1 else CompositeScorer(*parts)
@@ -264,413 +212,6 @@ def load_bench_cases(config: BenchConfig) -> tuple[list[Case], str, list[str]]:
 
 def full_information(case: Case) -> Case:
     return case.model_copy(update={"initial_info": f"{case.initial_info} Further facts: {' '.join(case.facts)}"})
-
-
-@dataclass(frozen=True)
-class Spec:
-    mode: str
-    case_id: str
-    repeat: int
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.mode}/{self.case_id}#r{self.repeat}"
-
-
-def episode_specs(cases: Sequence[Case], config: BenchConfig) -> list[Spec]:
-    """Every episode of the run; each seed depends only on (run seed, repeat, case position)."""
-    out = []
-    for mode in config.modes:
-        for r in range(config.repeats):
-            for i, case in enumerate(cases):
-                seed = int(np.random.SeedSequence([config.seed, r, i]).generate_state(1)[0])
-                out.append(Spec(mode, case.id, r, seed))
-    return out
-
-
-# -- the run directory ------------------------------------------------------------------------------------
-
-EPISODES = "episodes.jsonl"
-DAMAGED = "episodes.damaged.jsonl"
-RETRIED = "episodes.retried.jsonl"
-LOCK = ".lock"
-REPORTS = ("summary.json", "report.md")
-
-# What every episode line must hold to be used; anything else is a damaged line (moved aside, re-run).
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "key": (str,),
-    "mode": (str,),
-    "case_id": (str,),
-    "turns": (list,),
-    "correct": (bool,),
-    "error": (str, type(None)),
-    "questions_asked": (int,),
-}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("mediq-env", "gymnasium", "numpy", "bm25s", "torch", "transformers", "vllm", "httpx"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _git_revision() -> str | None:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], capture_output=True, text=True, check=False, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        return None
-    return f"{rev}{'+dirty' if dirty else ''}" if rev else None
-
-
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
-
-
-def _oserror(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-def parse_episode_line(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """One line of ``episodes.jsonl`` as (record, None), or (None, why it cannot be used)."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text (byte {exc.start})"
-    try:
-        rec = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, and over-long integers
-        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return None, f"invalid JSON ({detail})"
-    except RecursionError:
-        return None, "invalid JSON (nested too deeply)"
-    if not isinstance(rec, dict):
-        return None, f"expected a JSON object, got {type(rec).__name__}"
-    for name, types in _REQUIRED.items():
-        if name not in rec:
-            return None, f"missing field {name!r}"
-        if not isinstance(rec[name], types) or (types == (int,) and isinstance(rec[name], bool)):
-            return None, f"field {name!r} has the wrong type ({type(rec[name]).__name__})"
-    if rec["mode"] not in MODES or not rec["key"].startswith(f"{rec['mode']}/"):
-        return None, f"unknown mode or key ({rec['mode']!r}, {rec['key']!r})"
-    attempts = rec.get("attempts", 1)
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        return None, f"field 'attempts' must be a positive integer, got {attempts!r}"
-    return rec, None
-
-
-@dataclass
-class Damaged:
-    line: int
-    reason: str
-    raw: bytes
-
-
-@dataclass
-class RunState:
-    """What a run directory holds, read without writing anything."""
-
-    manifest: dict[str, Any] | None = None
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # the last valid record of each key
-    raw: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # its line number and bytes
-    superseded: list[bytes] = field(default_factory=list)  # earlier records of a key that appears again
-    damaged: list[Damaged] = field(default_factory=list)
-    previous_attempts: dict[str, int] = field(default_factory=dict)  # from episodes.retried.jsonl
-
-    @property
-    def needs_repair(self) -> bool:
-        return bool(self.damaged or self.superseded)
-
-
-@dataclass
-class Plan:
-    """Which episodes this invocation runs, and how many attempts each has had before."""
-
-    todo: list[Spec]
-    attempts: dict[str, int]  # key -> the attempt number this run makes
-    retry: set[str]  # keys of failed records run again
-    gave_up: list[str]  # failed keys that reached max_attempts
-
-
-def plan_episodes(specs: Sequence[Spec], state: RunState, max_attempts: int) -> Plan:
-    todo, attempts, retry, gave_up = [], {}, set(), []
-    for s in specs:
-        rec = state.records.get(s.key)
-        before = max(rec.get("attempts", 1) if rec else 0, state.previous_attempts.get(s.key, 0))
-        if rec is None:
-            todo.append(s)
-            attempts[s.key] = before + 1
-        elif rec.get("error"):
-            if before < max_attempts:
-                todo.append(s)
-                attempts[s.key] = before + 1
-                retry.add(s.key)
-            else:
-                gave_up.append(s.key)
-    return Plan(todo, attempts, retry, gave_up)
-
-
-@dataclass
-class RunDir:
-    path: Path
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def episodes_path(self) -> Path:
-        return self.path / EPISODES
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / "manifest.json"
-
-    # reading (never writes) ---------------------------------------------------------------------------
-
-    def read(self) -> RunState:
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path} is not a directory; use another --out")
-        state = RunState(manifest=self._read_manifest())
-        self._read_episodes(state)
-        if state.manifest is None and state.records:
-            raise RunDirError(
-                f"{self.manifest_path} is missing but {self.episodes_path} holds {len(state.records)} episodes: "
-                "without the manifest their config is unknown; restore it, or use another --out"
-            )
-        state.previous_attempts = self._read_retried()
-        self.done = dict(state.records)
-        return state
-
-    def _damaged_manifest(self, why: str) -> RunDirError:
-        return RunDirError(
-            f"{self.manifest_path} is damaged ({why}); it records the config these episodes were run with, so "
-            "the run cannot be resumed or summarised safely: restore the file, or use another --out"
-        )
-
-    def _read_manifest(self) -> dict[str, Any] | None:
-        path = self.manifest_path
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            return None  # a new run (if the directory cannot be created either, that is said when it is)
-        except UnicodeDecodeError as exc:
-            raise self._damaged_manifest(f"not UTF-8 text at byte {exc.start}") from None
-        except OSError as exc:
-            raise RunDirError(f"cannot read {path}: {_oserror(exc)}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise self._damaged_manifest(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        except (ValueError, RecursionError) as exc:
-            raise self._damaged_manifest(f"invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise self._damaged_manifest(f"expected a JSON object, got {type(data).__name__}")
-        if not isinstance(data.get("config"), dict):
-            raise self._damaged_manifest("field 'config' is missing or not an object")
-        if not isinstance(data.get("cases_sha256"), str):
-            raise self._damaged_manifest("field 'cases_sha256' is missing or not a string")
-        try:
-            BenchConfig.from_dict(data["config"])
-        except (MediQError, TypeError, ValueError) as exc:
-            raise self._damaged_manifest(f"config: {exc}") from None
-        return data
-
-    def _read_episodes(self, state: RunState) -> None:
-        try:
-            raw = self.episodes_path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except OSError as exc:
-            raise RunDirError(f"cannot read {self.episodes_path}: {_oserror(exc)}") from None
-        chunks = raw.split(b"\n")
-        for number, line in enumerate(chunks, start=1):
-            if not line.strip():
-                continue
-            if number == len(chunks):
-                # No newline after it: a write cut short by a crash, even if the text happens to parse.
-                state.damaged.append(Damaged(number, "half-written last line (the run was stopped mid-write)", line))
-                continue
-            rec, why = parse_episode_line(line)
-            if rec is None:
-                state.damaged.append(Damaged(number, why or "unreadable", line))
-                continue
-            key = rec["key"]
-            if key in state.raw:
-                state.superseded.append(state.raw[key][1])
-            state.records[key] = rec
-            state.raw[key] = (number, line)
-
-    def _read_retried(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        try:
-            raw = (self.path / RETRIED).read_bytes()
-        except OSError:
-            return out  # history only raises the attempt count; without it a failed episode is simply retried
-        for line in raw.split(b"\n"):
-            rec, _ = parse_episode_line(line) if line.strip() else (None, None)
-            if rec is not None:
-                out[rec["key"]] = max(out.get(rec["key"], 0), rec.get("attempts", 1))
-        return out
-
-    def reports_fresh(self) -> bool:
-        """Whether summary.json and report.md exist and are newer than every episode and the manifest."""
-        try:
-            report_times = [(self.path / n).stat().st_mtime_ns for n in REPORTS]
-            inputs = [p.stat().st_mtime_ns for p in (self.manifest_path, self.episodes_path) if p.exists()]
-        except OSError:
-            return False
-        return not inputs or min(report_times) >= max(inputs)
-
-    def check(self, state: RunState, config: BenchConfig, cases_sha256: str) -> None:
-        """Refuse a directory that holds a run of another config (cases compared by content, not path)."""
-        if state.manifest is None:
-            return
-        old = state.manifest
-        old_config = BenchConfig.from_dict(old["config"]).result_fields()
-        new_config = config.result_fields()
-        # Modes may be added to a run; the cases are compared by checksum below, not by their path's spelling.
-        ignore = {"modes", "cases"}
-        diff = {k: (old_config.get(k), v) for k, v in new_config.items() if old_config.get(k) != v and k not in ignore}
-        if diff:
-            pairs = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise ConfigError(f"{self.path} holds a run with a different config ({pairs}); use another --out")
-        if old["cases_sha256"] != cases_sha256:
-            was = old["config"].get("cases") or "the built-in cases"
-            now = config.cases or "the built-in cases"
-            raise ConfigError(
-                f"{self.path}: the cases differ from this run's (it used {was}, sha256 {old['cases_sha256'][:12]}...; "
-                f"{now} has sha256 {cases_sha256[:12]}...); use another --out"
-            )
-
-    # writing (only under the lock) ---------------------------------------------------------------------
-
-    def _in_use(self) -> RunDirError:
-        return RunDirError(
-            f"{self.path} is in use by another run (it holds {self.path / LOCK}); wait for it to finish, "
-            "or use another --out"
-        )
-
-    def check_free(self) -> None:
-        """Refuse at once, before any model is loaded, when another run holds the directory."""
-        from filelock import FileLock, Timeout
-
-        if not (self.path / LOCK).exists():
-            return
-        lock = FileLock(self.path / LOCK, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise self._in_use() from None
-        except OSError:
-            return  # not writable: said precisely when the run tries to write
-        lock.release()
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the directory's lock (non-blocking): a second run on the same directory is refused at once
-        rather than running every episode a second time beside the first."""
-        from filelock import FileLock, Timeout
-
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunDirError(f"cannot create the run directory {self.path}: {_oserror(exc)}; use another --out") from None
-        lock = FileLock(self.path / LOCK, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise self._in_use() from None
-        except OSError as exc:
-            raise RunDirError(f"cannot write in the run directory {self.path}: {_oserror(exc)}; use another --out") from None
-        try:
-            yield
-        finally:
-            lock.release()
-
-    @contextlib.contextmanager
-    def _writing(self, what: Path) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot write {what}: {_oserror(exc)}. Episodes already saved are kept; free space or fix "
-                "permissions and rerun the same command to resume, or use another --out"
-            ) from None
-
-    def _replace(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with self._writing(path):
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-
-    def write_manifest(self, config: BenchConfig, cases_sha256: str, n_cases: int, skipped: Sequence[str]) -> None:
-        manifest = {
-            "config": asdict(config),
-            "cases_sha256": cases_sha256,
-            "n_cases": n_cases,
-            "skipped_records": list(skipped),
-            "versions": _versions(),
-            "git": _git_revision(),
-            "command": sys.argv,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        self._replace(self.manifest_path, (json.dumps(manifest, indent=2, default=str) + "\n").encode("utf-8"))
-
-    def repair(self, state: RunState, retry: set[str]) -> None:
-        """Move damaged lines to episodes.damaged.jsonl, and earlier or to-be-retried records to
-        episodes.retried.jsonl, so that episodes.jsonl holds exactly one usable record per episode (other
-        tools read it line by line). Side files are written before the main file is replaced: a crash in
-        between duplicates a line there, never loses one."""
-        moved = [line for key, (_, line) in state.raw.items() if key in retry]
-        if not (state.damaged or state.superseded or moved):
-            return
-        if state.damaged:
-            side = self.path / DAMAGED
-            with self._writing(side), side.open("a", encoding="utf-8") as fh:
-                for d in state.damaged:
-                    text = d.raw.decode("utf-8", errors="backslashreplace")
-                    fh.write(json.dumps({"line": d.line, "reason": d.reason, "text": text}, ensure_ascii=False) + "\n")
-            shown = "; ".join(f"line {d.line}: {d.reason}" for d in state.damaged[:3])
-            more = f"; +{len(state.damaged) - 3} more" if len(state.damaged) > 3 else ""
-            _note(f"{self.episodes_path}: {len(state.damaged)} damaged line(s) moved to {side} ({shown}{more}); "
-                  "every valid record is kept, missing episodes run again")
-        if state.superseded or moved:
-            side = self.path / RETRIED
-            with self._writing(side), side.open("ab") as fh:
-                for line in [*state.superseded, *moved]:
-                    fh.write(line + b"\n")
-        keep = sorted((n, line) for key, (n, line) in state.raw.items() if key not in retry)
-        self._replace(self.episodes_path, b"".join(line + b"\n" for _, line in keep))
-        for key in retry:
-            state.records.pop(key, None)
-            state.raw.pop(key, None)
-        state.damaged, state.superseded = [], []
-        self.done = dict(state.records)
-
-    def append(self, record: dict[str, Any]) -> None:
-        with self._writing(self.episodes_path), self.episodes_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.done[record["key"]] = record
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -749,7 +290,7 @@ def run_benchmark(
     """
     cases, digest, skipped = load_bench_cases(config)
     if skipped:
-        _note(f"skipped {len(skipped)} invalid record(s) of {config.cases} (--skip-invalid); each is listed in "
+        note(f"skipped {len(skipped)} invalid record(s) of {config.cases} (--skip-invalid); each is listed in "
               "the run's manifest.json and report.md")
     run = RunDir(Path(out))
     state = run.read()
@@ -757,7 +298,7 @@ def run_benchmark(
     specs = episode_specs(cases, config)
     plan = plan_episodes(specs, state, config.max_attempts)
     if plan.gave_up:
-        _note(f"{len(plan.gave_up)} failed episode(s) not retried: each already failed {config.max_attempts} "
+        note(f"{len(plan.gave_up)} failed episode(s) not retried: each already failed {config.max_attempts} "
               "times (--max-attempts)")
     built: dict[str, Any] = {}
     if plan.todo:
@@ -772,7 +313,7 @@ def run_benchmark(
             if plan.todo:
                 raise
             # Only a repair or a report refresh was due: a finished run stays readable on read-only media.
-            _note(f"{exc}; summarising without writing")
+            note(f"{exc}; summarising without writing")
             return _summarise(run, config, specs, state, skipped, write=False)
         # Read again under the lock: another run may have finished episodes since the first look.
         state = run.read()
@@ -785,7 +326,7 @@ def run_benchmark(
         if plan.todo:
             done = len(specs) - len(plan.todo)
             if done or plan.retry:
-                _note(f"resuming {run.path}: {done} of {len(specs)} episodes already done; running {len(plan.todo)}"
+                note(f"resuming {run.path}: {done} of {len(specs)} episodes already done; running {len(plan.todo)}"
                       + (f", of which {len(plan.retry)} retry failed episodes" if plan.retry else ""))
             _execute(run, config, cases, plan, built, progress)
         return _summarise(run, config, specs, state, skipped, write=True)
@@ -1080,6 +621,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="response cache directory for model backends (reruns are free)")
     p.add_argument("--out", help="run directory (default: runs/<agent>-<cases>-q<max questions>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars at all (model loading included)")
+    add_openai_arguments(p)
+
+
+# Flags for OpenAI-compatible servers (agent, patient or judge). Backend specs carry no options, so the
+# flags set the environment variables the backend reads ($MEDIQ_OPENAI_*), for this process only.
+OPENAI_FLAGS = {
+    "openai_timeout": "MEDIQ_OPENAI_TIMEOUT",
+    "openai_max_retries": "MEDIQ_OPENAI_MAX_RETRIES",
+    "openai_max_retry_after": "MEDIQ_OPENAI_MAX_RETRY_AFTER",
+}
+
+
+def _number_arg(*, integer: bool, positive: bool) -> Any:
+    def parse(text: str) -> float:
+        bound = "> 0" if positive else ">= 0"
+        what = "a whole number" if integer else "a number"
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}") from None
+        # No infinity or NaN: "no limit" is exactly the stall these settings exist to prevent.
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_openai_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("OpenAI-compatible servers (openai:<model>)",
+                             "each flag overrides its environment variable for this run")
+    g.add_argument("--openai-timeout", type=_number_arg(integer=False, positive=True), metavar="SECONDS",
+                   help="seconds per request attempt (default 60; $MEDIQ_OPENAI_TIMEOUT)")
+    g.add_argument("--openai-max-retries", type=_number_arg(integer=True, positive=False), metavar="N",
+                   help="retries after a failed attempt (default 5; $MEDIQ_OPENAI_MAX_RETRIES)")
+    g.add_argument("--openai-max-retry-after", type=_number_arg(integer=False, positive=False), metavar="SECONDS",
+                   help="the longest a server's Retry-After may make a request wait (default 60; $MEDIQ_OPENAI_MAX_RETRY_AFTER)")
+
+
+def apply_openai_arguments(args: argparse.Namespace) -> None:
+    for name, env in OPENAI_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[env] = str(value)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -1135,6 +720,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     """Run, print the summary; exit status 1 when any episode failed (the numbers are then not the agent's alone)."""
     if args.no_progress:
         quiet_libraries()
+    apply_openai_arguments(args)
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config)
     summary = run_benchmark(config, out, progress=not args.no_progress)
@@ -1153,13 +739,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        return main_from_args(args)
+        code = main_from_args(args)
+        sys.stdout.flush()  # a reader that went away is then caught below, not reported at exit
+        return code
     except MediQError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished episodes are saved; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like `mediq` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -485,7 +485,8 @@ class Browser:
         import subprocess
         import urllib.request
 
-        self._profile = tempfile.TemporaryDirectory(prefix="mediq-chromium-")
+        # Chromium's helper processes can still be writing the profile as it is removed: leftovers are not an error.
+        self._profile = tempfile.TemporaryDirectory(prefix="mediq-chromium-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [self.binary, *CHROMIUM_FLAGS, "--remote-debugging-port=0", f"--user-data-dir={self._profile.name}",
              f"--window-size={self.width},{self.height}", "about:blank"],

@@ -1,6 +1,8 @@
 """A language-model doctor interviewing a language-model patient on built-in cases, transcripts printed.
 
-The doctor is a language model (the offline SmolLM2-135M by default) using MediQ's implicit strategy.
+The doctor is a language model using MediQ's implicit strategy: by default the offline SmolLM2-135M with
+the shipped doctor adapter (``mediq_env/data/adapters/smollm2-doctor``, what ``--agent smollm2`` runs;
+``--backend smollm2-base`` is the untouched model, which follows no output format).
 The patient is the faithful default (question-form gate, then a learned decision per fact, abstaining when
 none answers) or, with ``--patient llm``, the same language model selecting the facts that answer each
 question. All episodes run together: each turn is one batched generation per role.
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from agents import LLMAgent
+from agents import LLMAgent, make_agent
 from agents.rollout import EpisodeSpec, rollout
-from mediq_env import BatchedEnv, builtin_cases, make_patient
+from mediq_env import BatchedEnv, Patient, builtin_cases, make_patient
 from mediq_env.backends.factory import make_backend
 from mediq_env.llm_patient import LLMPatient
 
@@ -32,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patient", choices=["faithful", "llm", "bm25"], default="faithful")
     args = parser.parse_args(argv)
 
-    backend = make_backend(args.backend)
+    # "llm:smollm2" loads the doctor adapter; an LLM patient gets the model as distributed (the adapter was
+    # trained on doctor prompts only), other backends are shared by both roles.
+    agent = make_agent(f"llm:{args.backend}")
+    assert isinstance(agent, LLMAgent)
     cases = builtin_cases()[: args.cases]
-    patient = LLMPatient(backend, mode="select") if args.patient == "llm" else make_patient(args.patient)
+    patient: Patient
+    if args.patient == "llm":
+        backend = make_backend(args.backend) if args.backend.strip().lower() == "smollm2" else agent.backend
+        patient = LLMPatient(backend, mode="select")
+    else:
+        patient = make_patient(args.patient)
     envs = BatchedEnv(len(cases), cases, patient=patient, max_questions=args.max_questions)
-    agent = LLMAgent(backend)
     records = sorted(rollout(agent, envs, [EpisodeSpec(c.id, seed=i) for i, c in enumerate(cases)]), key=lambda r: r.case_id)
     by_id = {c.id: c for c in cases}
     for rec in records:

@@ -758,7 +758,8 @@ def _read_text(path: Path) -> str:
         raise CaseFormatError(where, None, None, f"is more than the limit of {MAX_FILE_BYTES:,} bytes")
     try:
         # Decoding bytes keeps a stray carriage return inside its line instead of starting a new line.
-        return data.decode("utf-8")
+        # utf-8-sig drops a leading byte-order mark (Excel and Notepad write one), which JSON refuses.
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CaseFormatError(where, None, None, f"not UTF-8 text ({exc.reason})") from None
 

@@ -9,6 +9,7 @@ torch.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from collections import Counter
@@ -81,7 +82,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 # -- play ---------------------------------------------------------------------------------------------
 
 PLAY_HELP = """Commands: type a question for the patient, '/answer C' to give your final answer,
-'/options' to see the options again, '/quit' to stop. After the episode you see the facts you missed."""
+'/options' to see the options again, '/help' for this text, '/quit' to stop. After the episode you see
+the facts you missed."""
+PLAY_COMMANDS = ("/answer", "/options", "/help", "/quit")
 
 
 def play(
@@ -124,6 +127,13 @@ def play(
         if line == "/options":
             for letter, text in case.options.items():
                 print(f"  {letter}: {text}", file=out)
+            continue
+        if line == "/help":
+            print(PLAY_HELP, file=out)
+            continue
+        if line.startswith("/") and line.split(maxsplit=1)[0] not in PLAY_COMMANDS:
+            # A mistyped command ("/facts", "/anwser C") would otherwise go to the patient and use up a turn.
+            print(f"  (unknown command {line.split(maxsplit=1)[0]!r}; commands: {', '.join(PLAY_COMMANDS)})", file=out)
             continue
         action: object = {"answer": line.split(maxsplit=1)[1] if " " in line else ""} if line.startswith("/answer") else line
         _, _, terminated, truncated, info = env.step(action)
@@ -207,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away is then caught below, not reported at exit
+        return code
     except MediQError as exc:
         # Errors we raise on purpose are one line for the user, not a traceback.
         print(f"mediq: error: {exc}", file=sys.stderr)
@@ -215,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mediq: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mediq bench ... | head`): stop quietly, as other command-line tools do.
+        # stdout is pointed at devnull so that the interpreter's final flush raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

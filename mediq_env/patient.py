@@ -31,7 +31,7 @@ import numpy as np
 
 from mediq_env.errors import ConfigError, MissingDependencyError
 from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
-from mediq_env.relevance import HEAD_PATH, RelevanceHead, pair_features, strip_frame
+from mediq_env.relevance import HEAD_PATH, RelevanceHead, demographic_answers, pair_features, strip_frame
 
 if TYPE_CHECKING:
     from mediq_env.case import Case
@@ -472,7 +472,7 @@ class FaithfulPatient:
                 out.append(PatientReply(turn.reply, tuple(turn.revealed), {"gate": "ok", "same_as_turn": earlier}))
                 continue
             probs = self.head.probabilities(self.features(q.case, q.question, embedding))
-            revealed = self.head.select(probs)
+            revealed = tuple(dict.fromkeys((*self.head.select(probs), *demographic_answers(q.question, q.case.facts))))
             text = " ".join(q.case.facts[i] for i in revealed) if revealed else CANNOT_ANSWER
             meta = {"gate": "ok", "p": [round(float(probs[i]), 3) for i in revealed], "p_max": round(float(probs.max()), 3)}
             out.append(PatientReply(text, revealed, meta))

@@ -90,6 +90,30 @@ def strip_frame(fact: str) -> str:
     return stripped or fact
 
 
+# The one place relevance is a rule, not a score: a question that asks the patient's age or sex is answered
+# by the short fact stating it (labelling rule 5: demographic facts answer exactly the questions asking for
+# them). The learned decision is tuned on clinical questions, which rarely ask this, and a patient that
+# will not say how old it is reads as broken.
+_ASKS_AGE = re.compile(
+    r"\bhow\s+old\s+(?:are\s+you|is\s+(?:he|she|the\s+\w+|your\s+\w+))\b|\bwhat(?:'s|\s+is)\s+(?:your|his|her|their)\s+age\b"
+    r"|\bwhat\s+age\s+(?:are\s+you|is\s+(?:he|she))\b|\b(?:your|his|her)\s+date\s+of\s+birth\b",
+    re.I,
+)
+_ASKS_SEX = re.compile(r"\b(?:male\s+or\s+female|female\s+or\s+male|(?:your|his|her|their)\s+(?:sex|gender))\b", re.I)
+_AGE_FACT = re.compile(r"\b\d{1,3}[- ]?(?:years?|yrs?|months?|weeks?|days?)[- ]?old\b", re.I)
+_SEX_FACT = re.compile(r"\b(?:male|female|man|woman|boy|girl)\b", re.I)
+
+
+def demographic_answers(question: str, facts: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the short facts that state the age or sex the question asks for (often none)."""
+    out: list[int] = []
+    if _ASKS_AGE.search(question):
+        out += [i for i, f in enumerate(facts) if _AGE_FACT.search(f) and len(f.split()) <= 10]
+    if _ASKS_SEX.search(question):
+        out += [i for i, f in enumerate(facts) if _SEX_FACT.search(f) and len(f.split()) <= 6 and i not in out]
+    return tuple(out)
+
+
 def question_kind(question: str) -> dict[str, bool]:
     return {
         "demographic": bool(_AGE_SEX_Q.search(question)),

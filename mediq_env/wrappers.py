@@ -21,8 +21,13 @@ Component names::
 
 Unscored is never hidden: a weighted score that is NaN (say, an unparseable judge reply) contributes 0 to
 the reward, its component is reported as 0.0, and its name is listed in ``info["unscored"]`` (and counted
-in ``unscored_counts``). ``info["scores"]`` holds every score of the step, NaN included, and
-``info["score_record"]`` the scorer's full record with its raw outputs.
+in ``unscored_counts``). ``info["scores"]`` holds every score of the step, NaN included.
+
+The scorer's full record of the last step (its raw outputs) is grader data, not part of ``info``: the
+environment proxies' raw outputs hold how many facts the case has and each option's similarity to the
+revealed facts, from which the answer can be read mid-episode (``proxy_relevance``'s score is the
+similarity of the answer's option). It is reached as ``wrapper.grader_score_record`` (batched:
+``grader_score_records[i]``), beside ``env.grader``; agents must not read either.
 
 The wrappers supersede the env's own ``reward_fn`` (its components stay visible as
 ``info["env_reward_components"]``): correctness and costs come from the :class:`RewardConfig`, so one
@@ -242,11 +247,11 @@ def _check_scorer(scorer: Scorer, config: RewardConfig) -> None:
 
 
 def _annotate(info: dict[str, Any], out: RewardBreakdown, counts: Counter[str]) -> None:
+    # Not out.record itself: its raw outputs are grader data (see the module docstring).
     info["env_reward_components"] = info.get("reward_components", {})
     info["reward_components"] = dict(out.components)
     info["unscored"] = list(out.unscored)
     info["scores"] = dict(out.record.scores) if out.record is not None else {}
-    info["score_record"] = out.record
     counts.update(out.unscored)
 
 
@@ -286,10 +291,13 @@ class AttributeReward(gym.Wrapper[str, Any, str, Any]):
         _check_scorer(scorer, self.config)
         self._before: DialogueState | None = None
         self.unscored_counts: Counter[str] = Counter()
+        #: The scorer's record of the last step (None: not a scored question). Grader data: agents must not read it.
+        self.grader_score_record: ScoreRecord | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._before = info["state"]
+        self.grader_score_record = None
         return obs, info
 
     def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -299,6 +307,7 @@ class AttributeReward(gym.Wrapper[str, Any, str, Any]):
         view = step_view(self._before, info, terminated, truncated, _grader_case(self._base))
         out = attribute_rewards([view], self.scorer, self.config)[0]
         _annotate(info, out, self.unscored_counts)
+        self.grader_score_record = out.record
         self._before = info["state"]
         return obs, out.reward, terminated, truncated, info
 
@@ -315,6 +324,8 @@ class BatchedAttributeReward:
         _check_scorer(scorer, self.config)
         self._before: list[DialogueState | None] = [None] * len(batch)
         self.unscored_counts: Counter[str] = Counter()
+        #: Per env slot, the scorer's record of its last step (see AttributeReward.grader_score_record).
+        self.grader_score_records: list[ScoreRecord | None] = [None] * len(batch)
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -342,11 +353,13 @@ class BatchedAttributeReward:
     ) -> tuple[list[str], list[dict[str, Any]]]:
         observations, infos = self.batch.reset(seeds=seeds, case_ids=case_ids)
         self._before = [info["state"] for info in infos]
+        self.grader_score_records = [None] * len(self.batch)
         return observations, infos
 
     def reset_at(self, index: int, *, seed: int | None = None, case_id: str | None = None) -> tuple[str, dict[str, Any]]:
         obs, info = self.batch.reset_at(index, seed=seed, case_id=case_id)
         self._before[index] = info["state"]
+        self.grader_score_records[index] = None
         return obs, info
 
     def step(self, actions: Sequence[Any]) -> list[StepResult]:
@@ -362,6 +375,7 @@ class BatchedAttributeReward:
         outs = attribute_rewards(views, self.scorer, self.config)
         for i, r, out in zip(active, results, outs, strict=True):
             _annotate(r.info, out, self.unscored_counts)
+            self.grader_score_records[i] = out.record
             r.reward = out.reward
             self._before[i] = r.info["state"]
         return results

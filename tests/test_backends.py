@@ -204,6 +204,12 @@ def test_factory_cache_dir(tmp_path: Path) -> None:
     assert (b.hits, b.misses) == (1, 1)
 
 
+def test_cache_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BackendError, match=r"^cannot create the response cache directory .*afile/c: Not a directory$"):
+        make_backend("scripted", cache_dir=tmp_path / "afile" / "c")
+
+
 # --------------------------------------------------------------------------- cache
 
 

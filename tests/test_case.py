@@ -120,6 +120,16 @@ def test_missing_file_and_empty_file(tmp_path: Path):
     assert "no cases" in str(read_cases(empty).errors[0])
 
 
+@pytest.mark.parametrize("name", ["cases.jsonl", "cases.json"])
+def test_a_byte_order_mark_is_not_an_error(tmp_path: Path, name: str):
+    # Excel and Notepad save UTF-8 with a BOM; json refuses it, so the whole file used to be one error.
+    path = tmp_path / name
+    body = json.dumps(good_record()) if name.endswith(".jsonl") else json.dumps([good_record()])
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode() + b"\n")
+    report = read_cases(path)
+    assert not report.errors and [c.id for c in report.cases] == ["c1"]
+
+
 def test_mismatched_initial_info_is_derived(write_jsonl):
     rec = good_record(initial_info="I've had persistent knee swelling and a rash on my toes.")
     report = read_cases(write_jsonl([rec, good_record(id="c2"), good_record(id="c3")]), initial_info="auto")

@@ -67,6 +67,40 @@ def test_play_marks_opening_facts_as_given_not_missed():
     assert f"You uncovered 0 of the {hidden} facts not in the opening" in text
 
 
+def test_play_unknown_command_uses_no_turn():
+    case = builtin_cases()[0]
+    inputs = iter(["/facts", "/anwser B", "/help", f"/answer {case.answer}"])
+    out = io.StringIO()
+    info = play(case.id, max_questions=1, read=lambda _prompt: next(inputs), out=out, shuffle_options=False)
+    text = out.getvalue()
+    # Sent to the patient, "/facts" used up the only question and the answer came on the forced turn.
+    assert info["correct"] is True and info["forced"] is False and info["questions_asked"] == 0
+    assert "(unknown command '/facts'; commands: /answer, /options, /help, /quit)" in text
+    assert "(unknown command '/anwser'" in text and text.count("Commands: type a question") == 2
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    # `mediq validate ... | head -1`: the pipe closes before mediq writes. Unbuffered as under
+    # PYTHONUNBUFFERED, and buffered (the error would then surface at interpreter exit).
+    for unbuffered in ("1", ""):
+        env = {**__import__("os").environ, "PYTHONUNBUFFERED": unbuffered}
+        proc = subprocess.Popen([sys.executable, "-m", "mediq_env.cli", "validate", str(builtin_path())],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 1 and err == "", err
+
+
+def builtin_path():
+    from mediq_env.cases import builtin_cases_path
+
+    return builtin_cases_path()
+
+
 def test_validate_pluralises_and_prints_warnings(write_jsonl, capsys):
     rec = good_record(id=7, atomic_facts=["The patient is 40 years old.", "The patient thinks it is lung cancer."])
     rec["options"]["C"] = '"Pneumonia'

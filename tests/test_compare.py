@@ -152,6 +152,18 @@ def test_compare_output_is_strict_json_and_says_the_win_rate_needs_a_judge(tmp_p
     assert "Newcombe" in text
 
 
+def test_compare_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    from mediq_env.cli import main
+
+    a = _write_run(tmp_path / "a", [True, False, True])
+    b = _write_run(tmp_path / "b", [True, True, True])
+    (tmp_path / "afile").write_text("x")
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "afile" / "c.json")]) == 2
+    captured = capsys.readouterr()
+    assert "paired episodes: 3" in captured.out  # the comparison itself is still printed
+    assert captured.err == f"mediq: error: cannot write {tmp_path / 'afile' / 'c.json'}: Not a directory\n"
+
+
 def test_judged_win_rate_shows_progress_and_resamples_episodes(tmp_path, capsys):
     from benchmarks.run import BenchConfig, run_benchmark
     from mediq_env.backends.scripted import ScriptedBackend

@@ -33,3 +33,6 @@ def test_llm_doctor_and_patient_smollm2(monkeypatch, capsys):
     run_example("llm_doctor_and_patient.py", ["--cases", "1", "--max-questions", "1"], monkeypatch)
     out = capsys.readouterr().out
     assert "Patient:" in out and "accuracy" in out
+    # The default doctor is the shipped adapter, which writes its own questions in the protocol (the issue this
+    # guards: the example once showed nothing but the checklist fallback of the untouched model).
+    assert "fallback decision_unparsed" not in out and "asked a checklist question" not in out

@@ -141,6 +141,15 @@ def test_cli_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "neither a benchmark run" in capsys.readouterr().err
 
 
+def test_cli_export_without_out_writes_beside_the_run(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    assert mediq(["export", str(copy), "--format", "jsonl", "--modes", "interactive"]) == 0
+    assert f"wrote 5 rows to {copy / 'export.jsonl'}" in capsys.readouterr().out
+    assert len((copy / "export.jsonl").read_text().splitlines()) == 5
+
+
 def test_exports_are_what_trl_reads(run: Path, tmp_path: Path, tiny_dir: Path) -> None:
     """Read back as a trainer would, each export goes through TRL's own chat-format helpers unchanged."""
     pytest.importorskip("trl")

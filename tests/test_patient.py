@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 
 from benchmarks.patient_quality import evaluate_patient
+from benchmarks.probes import KINDS
 from mediq_env import CANNOT_ANSWER, FactLookupPatient, PatientQuery, builtin_cases
 from mediq_env.errors import ConfigError
 
@@ -61,7 +62,7 @@ def builtin_probes():
 
 def test_probe_set_shape(builtin_probes):
     kinds = {p.kind for p in builtin_probes}
-    assert kinds == {"targeted", "opening", "unanswerable", "adversarial"}
+    assert {"targeted", "opening", "unanswerable", "adversarial"} <= kinds <= set(KINDS)
     assert len(builtin_probes) >= 300 and len({p.case_id for p in builtin_probes}) == 44
     assert {p.split for p in builtin_probes} == {"calibration", "test"}
 
@@ -79,13 +80,14 @@ def test_faithful_patient_floors(builtin_probes):
 
     faithful, _ = evaluate_patient(FaithfulPatient(), builtin_probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
-    # Measured (tuned encoder; both halves, so partly in-sample): answered 77.4%, off-target 3.2%,
-    # precision 95.5%, abstained 91.5%, adversarial held 95.5%.
-    assert faithful["adversarial_held"] >= 0.9
-    assert faithful["off_target"] <= 0.06 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["precision"] >= 0.9 and faithful["precision"] > bm25["precision"] + 0.1
-    assert faithful["abstained"] >= 0.85 and faithful["abstained"] > bm25["abstained"]
-    assert faithful["answered"] >= 0.70 and faithful["answered"] > bm25["answered"]
+    # Measured (tuned encoder fitted with history-taking probes; both halves, so partly in-sample): answered
+    # 62.1%, off-target 2.0%, precision 94.9%, abstained 95.8%, adversarial held 95.5% (BM25: 61.8 / 14.0 /
+    # 64.6 / 55.6 / 38.6%).
+    assert faithful["adversarial_held"] >= 0.93
+    assert faithful["off_target"] <= 0.04 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["precision"] >= 0.9 and faithful["precision"] > bm25["precision"] + 0.2
+    assert faithful["abstained"] >= 0.92 and faithful["abstained"] > bm25["abstained"]
+    assert faithful["answered"] >= 0.58 and faithful["answered"] >= bm25["answered"] - 0.05
 
 
 @pytest.mark.shared
@@ -99,11 +101,14 @@ def test_faithful_patient_floors_on_public_test_half(shared_data):
     assert len(probes) >= 350
     faithful, _ = evaluate_patient(FaithfulPatient(), probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), probes)
-    # Measured (tuned encoder): answered 57.4%, off-target 5.6%, abstained 93.3%, adversarial held 93.2%.
-    assert faithful["adversarial_held"] >= 0.9 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
+    # Measured (tuned encoder fitted with history-taking probes): answered 48.7%, off-target 6.1%, precision
+    # 84.1%, abstained 96.7%, adversarial held 94.9% (BM25: 53.0 / 19.5 / 56.6 / 65.1 / 35.6%). The faithful
+    # patient answers slightly less often than BM25 here and is far more often right when it does.
+    assert faithful["adversarial_held"] >= 0.92 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
     assert faithful["off_target"] <= 0.08 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["abstained"] >= 0.88
-    assert faithful["answered"] >= 0.52 and faithful["answered"] > bm25["answered"]
+    assert faithful["precision"] > bm25["precision"] + 0.2
+    assert faithful["abstained"] >= 0.93
+    assert faithful["answered"] >= 0.45
 
 
 def test_faithful_batched_equals_single_and_is_deterministic():
@@ -148,3 +153,22 @@ def test_a_rephrased_question_gets_the_earlier_reply():
     assert "same_as_turn" not in other.meta
     off = FaithfulPatient(repeat_similarity=1.0).reply(case, "What medications do you take?", history)
     assert "same_as_turn" not in off.meta
+
+
+def test_age_and_sex_questions_get_the_demographic_fact():
+    """A rule, not a score: asked its age or sex, the patient states the short fact that says so (on every
+    built-in case), and the rule does not fire on questions that only mention age or weight."""
+    from mediq_env import builtin_cases
+    from mediq_env.patient import FaithfulPatient
+    from mediq_env.relevance import demographic_answers
+
+    facts = ["The patient is 41 years old.", "The patient is female.", "The patient has had pain for 3 years."]
+    assert demographic_answers("How old are you?", facts) == (0,)
+    assert demographic_answers("What's your age?", facts) == (0,)
+    assert demographic_answers("Are you male or female?", facts) == (1,)
+    assert demographic_answers("How old were you when the pain started?", facts) == ()
+    assert demographic_answers("Have you lost any weight?", facts) == ()
+    patient = FaithfulPatient()
+    for case in builtin_cases():
+        age = [i for i, f in enumerate(case.facts) if demographic_answers("How old are you?", [f])]
+        assert age and set(age) <= set(patient.reply(case, "How old are you?").revealed), case.id

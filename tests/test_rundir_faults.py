@@ -20,12 +20,17 @@ from benchmarks.run import BenchConfig, RunDirError, format_run_summary, main, r
 from mediq_env.cases import builtin_cases_path
 from mediq_env.errors import BackendError, CaseFormatError, ConfigError
 
+SET_BY_MAIN = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS",
+               *bench.OPENAI_FLAGS.values())
+
 
 @pytest.fixture(autouse=True)
 def _restore_library_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    # main(--no-progress) sets these for the whole process, as a CLI should; tests must not leak them.
-    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
-        monkeypatch.delenv(var, raising=False)
+    # main() sets these for the whole process (--no-progress, --openai-*), as a CLI should; tests must not
+    # leak them. setenv first: delenv of an absent variable records nothing, so it would not be undone.
+    for var in SET_BY_MAIN:
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
 
 
 def cfg(**kw: Any) -> BenchConfig:
@@ -161,10 +166,59 @@ def test_junk_lines_are_moved_aside_not_tracebacks(tmp_path: Path, bad: bytes) -
     assert [d["line"] for d in side] == [3]
 
 
+def _mutated(record: dict[str, Any], change: dict[str, Any]) -> bytes:
+    rec = dict(record)
+    for path, value in change.items():
+        if path.startswith("turn0."):
+            rec["turns"] = [dict(rec["turns"][0], **{path.removeprefix("turn0."): value}), *rec["turns"][1:]]
+        else:
+            rec[path] = value
+    return json.dumps(rec).encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"turns": [5, 6]}, "turns[0] is not a JSON object"),
+        ({"turn0.scores": 7}, "'turns[0].scores' has the wrong type"),
+        ({"turn0.scores": {"proxy_focus": "high"}}, "'turns[0].scores' must map names to numbers"),
+        ({"turn0.agent": {"fallback_kinds": "x"}}, "fallback_kinds"),
+        ({"n_facts": "x"}, "'n_facts' has the wrong type"),
+        ({"n_facts": True}, "'n_facts' has the wrong type"),
+        ({"questions_asked": -4}, "'questions_asked' is negative"),
+        ({"questions_asked": float("nan")}, "'questions_asked' has the wrong type"),
+        ({"option_order": "ABCD"}, "'option_order' has the wrong type"),
+        ({"correct_answer": "Z"}, "not one of the 4 option letters"),
+        ({"answer": [1]}, "'answer' has the wrong type"),
+    ],
+)
+def test_records_with_wrong_inner_types_are_damaged_lines(tmp_path: Path, change: dict[str, Any], why: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # Valid JSON with every required field, but a value the summary cannot use: this crashed the summary,
+    # `mediq report` and `mediq compare` with AttributeError/TypeError/ValueError tracebacks.
+    out = tmp_path / "run"
+    run_benchmark(cfg(), out, progress=False)
+    lines = (out / "episodes.jsonl").read_bytes().splitlines()
+    (out / "episodes.jsonl").write_bytes(b"\n".join([_mutated(json.loads(lines[0]), change), *lines[1:]]) + b"\n")
+    from benchmarks.report import leaderboard
+
+    assert "checklist" in leaderboard([out])  # read side: the line is skipped and counted
+    assert "skipped 1 damaged line" in capsys.readouterr().err
+    agent = Counting()
+    summary = run_benchmark(cfg(), out, agent=agent, progress=False)
+    assert len(agent.cases) == 1 and summary["modes"]["interactive"]["episodes"] == 4
+    (side,) = [json.loads(line) for line in (out / "episodes.damaged.jsonl").read_text().splitlines()]
+    assert side["line"] == 1 and why in side["reason"]
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [
         (b'{"config": {', "invalid JSON at line 1"),
+        (b'{"config": {"patient": 3}, "cases_sha256": "0"}', "config: patient must be str, got int 3"),
+        (b'{"config": {"seed": "0"}, "cases_sha256": "0"}', "config: seed must be int, got str '0'"),
+        (b'{"config": {"modes": "interactive"}, "cases_sha256": "0"}', "config: modes must be tuple or list"),
+        (b'{"config": {"seed": ' + b"9" * 5000 + b'}, "cases_sha256": "0"}', "Exceeds the limit (4300 digits)"),
         (b"", "invalid JSON"),
         (b"\xff\xfe", "not UTF-8"),
         (b"[]", "expected a JSON object"),
@@ -184,6 +238,7 @@ def test_damaged_manifest_is_refused_by_name(tmp_path: Path, content: bytes, why
                  "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "manifest.json is damaged" in err and "Traceback" not in err
+    assert "set_int_max_str_digits" not in err and len(err.strip().splitlines()) == 1
 
 
 # -- 5. one run per directory at a time -------------------------------------------------------------------------
@@ -252,6 +307,18 @@ def test_run_directory_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(RunDirError, match="cannot create the run directory"):
         run_benchmark(cfg(), tmp_path / "afile" / "run", progress=False)
+
+
+def test_a_directory_of_other_files_is_not_used_as_a_run_directory(tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "report.md").write_text("my own notes")
+    (notes / ".DS_Store").write_text("")
+    with pytest.raises(RunDirError, match=r"notes is not a run directory \(no manifest.json\) but holds other files \(report.md\)"):
+        run_benchmark(cfg(), notes, progress=False)
+    assert (notes / "report.md").read_text() == "my own notes" and sorted(p.name for p in notes.iterdir()) == [".DS_Store", "report.md"]
+    (notes / "report.md").unlink()  # hidden files alone do not stop a run
+    assert run_benchmark(cfg(), notes, progress=False)["modes"]["interactive"]["episodes"] == 4
 
 
 def test_full_disk_mid_run_is_a_clear_error_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,7 +455,9 @@ def test_env_scorer_does_not_load_the_embedder(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize(
-    "typo", [{"scorer": "judge:smolm2"}, {"scorer": "bogus"}, {"agent": "nosuch"}, {"patient": "llm-select:smolm2"}]
+    "typo",
+    [{"scorer": "judge:smolm2"}, {"scorer": "bogus"}, {"agent": "nosuch"}, {"patient": "llm-select:smolm2"},
+     {"seed": -5}, {"scorer": "rm:/no/such/reward-model"}, {"scorer": "rm:."}, {"max_questions": "2"}],
 )
 def test_typo_writes_nothing_and_the_corrected_command_runs(tmp_path: Path, typo: dict[str, str]) -> None:
     out = tmp_path / "run"
@@ -397,6 +466,61 @@ def test_typo_writes_nothing_and_the_corrected_command_runs(tmp_path: Path, typo
     assert not out.exists()
     summary = run_benchmark(cfg(), out, progress=False)
     assert summary["modes"]["interactive"]["episodes"] == 4
+
+
+def test_numpy_and_path_values_are_stored_as_plain_json_and_resume(tmp_path: Path) -> None:
+    import numpy as np
+
+    cases = tmp_path / "cases.jsonl"
+    cases.write_bytes(builtin_cases_path().read_bytes())
+    config = cfg(max_questions=np.int64(2), seed=np.uint32(0), cases=cases)
+    assert (type(config.max_questions), type(config.seed), config.cases) == (int, int, str(cases))
+    run_benchmark(config, tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert stored["max_questions"] == 2 and stored["cases"] == str(cases)
+    again = Counting()
+    run_benchmark(cfg(max_questions=2, cases=str(cases)), tmp_path / "run", agent=again, progress=False)
+    assert again.calls == 0  # the same config: resumed, nothing re-run
+
+
+def test_unusable_cache_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    code = main(["--agent", "scripted", "--cache-dir", str(tmp_path / "afile" / "cache"), "--limit", "1", "--max-questions", "1",
+                 "--scorer", "none", "--modes", "interactive", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot create the response cache directory") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+# -- 9. OpenAI-compatible servers: timeout, retries and the Retry-After cap from the command line ---------------
+
+
+def test_openai_flags_bound_a_hung_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_backend_openai import FakeServer
+
+    with FakeServer() as server:
+        server.default = "sleep"  # holds every answer for longer than the timeout below
+        monkeypatch.setenv("MEDIQ_OPENAI_BASE_URL", server.base_url)
+        code = main(["--agent", "openai:fake-model", "--openai-timeout", "0.2", "--openai-max-retries", "1",
+                     "--openai-max-retry-after", "0.5", "--limit", "1", "--max-questions", "1", "--scorer", "none",
+                     "--modes", "interactive", "--out", str(tmp_path / "run"), "--no-progress"])
+        attempts = sum(len(a) for a in server.attempts.values())
+    printed = capsys.readouterr().out
+    assert code == 1 and attempts == 2  # one attempt and one retry, each cut off after 0.2 s
+    assert "BackendTimeoutError: fake-model: timed out after 0.2s" in printed and "gave up after 2 attempts" in printed
+    assert os.environ["MEDIQ_OPENAI_MAX_RETRY_AFTER"] == "0.5"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--openai-timeout", "0", "must be a number > 0"), ("--openai-timeout", "inf", "must be a number > 0"),
+     ("--openai-max-retries", "1.5", "must be a whole number >= 0"), ("--openai-max-retry-after", "-1", "must be a number >= 0")],
+)
+def test_bad_openai_flags_are_refused_by_name(flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--agent", "checklist", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: {message}, got {value!r}" in capsys.readouterr().err
 
 
 # -- 21. summary.json is strict JSON ----------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def page(runs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> P
 def test_dump_dom_shows_leaderboard_and_episodes(page: Path) -> None:
     binary = find_chromium()
     assert binary
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         dom = subprocess.run(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
             capture_output=True, text=True, timeout=120, check=True,

@@ -105,7 +105,8 @@ def test_question_step_reports_every_component_and_the_sum(cases):
     comps = info["reward_components"]
     assert set(comps) == {"question_cost", "repeat_penalty", "attr:clarity", "attr:focus", "proxy:info_gain", "proxy:key_fact"}
     assert comps["question_cost"] == -0.02 and comps["repeat_penalty"] == 0.0
-    rec: ScoreRecord = info["score_record"]
+    rec = env.grader_score_record
+    assert isinstance(rec, ScoreRecord)
     assert comps["attr:clarity"] == pytest.approx(0.2 * (rec.scores["clarity"] - 1) / 4)  # 1..5 -> 0..1
     assert comps["proxy:info_gain"] == pytest.approx(0.05 * len(info["new_facts"]))
     assert info["new_facts"], "this question should reveal a fact"
@@ -151,9 +152,37 @@ def test_unscored_judge_output_adds_zero_and_is_reported(cases):
     assert sorted(info["unscored"]) == ["clarity", "focus"]
     assert info["reward_components"]["attr:clarity"] == 0.0 and info["reward_components"]["attr:focus"] == 0.0
     assert math.isnan(info["scores"]["clarity"])
-    assert info["score_record"].raw["judge:rule-judge"]["clarity"]["outputs"] == ["I think it is quite good overall"]
+    assert env.grader_score_record is not None
+    assert env.grader_score_record.raw["judge:rule-judge"]["clarity"]["outputs"] == ["I think it is quite good overall"]
     _sum_matches(reward, info)
     assert env.unscored_counts == {"clarity": 1, "focus": 1}
+
+
+class _Embedder:
+    """Bag-of-words vectors: enough for proxy_relevance to rank options, with no model to load."""
+
+    def encode(self, texts):
+        import numpy as np
+
+        vocab = sorted({w for t in texts for w in t.lower().split()})
+        return np.array([[t.lower().split().count(w) + 1e-3 for w in vocab] for t in texts], dtype=float)
+
+
+def test_info_carries_no_grader_data_before_the_end(cases):
+    # The scorer's raw record held n_facts and each option's similarity to the revealed facts; with
+    # proxy_relevance's score (the answer option's similarity) a policy read the answer from info.
+    scorer = EnvironmentScorer(embedder=_Embedder())
+    env = AttributeReward(MediQEnv(cases, patient=mediq_env.make_patient("bm25")), scorer)
+    scored = 0
+    for seed in range(6):
+        env.reset(seed=seed)
+        *_, info = env.step("Do you have a fever, a cough or any pain?")
+        assert not {"score_record", "n_facts", "option_order", "n_facts_known", "facts_revealed"} & set(info)
+        assert set(info["scores"]) == set(scorer.keys)
+        record = env.grader_score_record
+        assert record is not None and record.scores == info["scores"]
+        scored += isinstance(record.raw.get("proxy_relevance"), dict)
+    assert scored, "no question revealed a fact: the test checks nothing"
 
 
 def test_normalise_off_uses_raw_scores(cases):

@@ -115,7 +115,10 @@ class CachedBackend:
         self.inner = inner
         self.model_id = inner.model_id
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a typo'd --cache-dir, a read-only disk: one line, not a traceback
+            raise BackendError(f"cannot create the response cache directory {self.path.parent}: {err.strerror or err}") from None
         self.timeout = timeout
         self.hits = 0
         self.misses = 0
