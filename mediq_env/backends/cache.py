@@ -104,6 +104,22 @@ def _generation_from_json(text: str) -> Generation:
     )
 
 
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to WAL (persistent: once per file). Processes that open a new cache at the same moment
+    race for the exclusive lock this needs, and SQLite may answer "database is locked" at once instead of
+    waiting on the busy timeout, so the loser retries until the winner has switched it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class CachedBackend:
     """Wraps ``inner`` with a sqlite response cache at ``path``; only misses reach ``inner``, in one call.
 
@@ -144,7 +160,7 @@ class CachedBackend:
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=True
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _set_wal(conn, self.timeout)
             # NORMAL is durable across application crashes in WAL mode; only an OS crash can lose the last
             # commits, which for a cache just means recomputing them.
             conn.execute("PRAGMA synchronous = NORMAL")
