@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", choices=("tuned", "plain"), default="tuned",
                         help="fine-tune MiniLM's top layers (tuned, the default) or use plain MiniLM")
     parser.add_argument("--top-layers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args(argv)

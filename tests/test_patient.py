@@ -80,14 +80,14 @@ def test_faithful_patient_floors(builtin_probes):
 
     faithful, _ = evaluate_patient(FaithfulPatient(), builtin_probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
-    # Measured (tuned encoder fitted with history-taking probes; both halves, so partly in-sample): answered
-    # 62.1%, off-target 2.0%, precision 94.9%, abstained 95.8%, adversarial held 95.5% (BM25: 61.8 / 14.0 /
-    # 64.6 / 55.6 / 38.6%).
+    # Measured (encoder tuned 16 epochs with history-taking probes; both halves, so partly in-sample):
+    # answered 87.7%, off-target 1.8%, precision 92.5%, abstained 93.1%, adversarial held 95.5% (BM25: 61.8 /
+    # 14.0 / 64.6 / 55.6 / 38.6%).
     assert faithful["adversarial_held"] >= 0.93
     assert faithful["off_target"] <= 0.04 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["precision"] >= 0.9 and faithful["precision"] > bm25["precision"] + 0.2
-    assert faithful["abstained"] >= 0.92 and faithful["abstained"] > bm25["abstained"]
-    assert faithful["answered"] >= 0.58 and faithful["answered"] >= bm25["answered"] - 0.05
+    assert faithful["precision"] >= 0.88 and faithful["precision"] > bm25["precision"] + 0.2
+    assert faithful["abstained"] >= 0.9 and faithful["abstained"] > bm25["abstained"]
+    assert faithful["answered"] >= 0.82 and faithful["answered"] > bm25["answered"] + 0.15
 
 
 @pytest.mark.shared
@@ -101,14 +101,13 @@ def test_faithful_patient_floors_on_public_test_half(shared_data):
     assert len(probes) >= 350
     faithful, _ = evaluate_patient(FaithfulPatient(), probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), probes)
-    # Measured (tuned encoder fitted with history-taking probes): answered 48.7%, off-target 6.1%, precision
-    # 84.1%, abstained 96.7%, adversarial held 94.9% (BM25: 53.0 / 19.5 / 56.6 / 65.1 / 35.6%). The faithful
-    # patient answers slightly less often than BM25 here and is far more often right when it does.
-    assert faithful["adversarial_held"] >= 0.92 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
-    assert faithful["off_target"] <= 0.08 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["precision"] > bm25["precision"] + 0.2
-    assert faithful["abstained"] >= 0.93
-    assert faithful["answered"] >= 0.45
+    # Measured (encoder tuned 16 epochs with history-taking probes): answered 72.3%, off-target 4.5%, precision
+    # 76.4%, abstained 91.4%, adversarial held 93.2% (BM25: 53.0 / 19.5 / 56.6 / 65.1 / 35.6%).
+    assert faithful["adversarial_held"] >= 0.9 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
+    assert faithful["off_target"] <= 0.07 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["precision"] > bm25["precision"] + 0.15
+    assert faithful["abstained"] >= 0.88
+    assert faithful["answered"] >= 0.67 and faithful["answered"] > bm25["answered"] + 0.1
 
 
 def test_faithful_batched_equals_single_and_is_deterministic():
