@@ -658,16 +658,17 @@ def test_a_requested_tracker_logs_or_fails_loudly(tiny_dir: Path, tmp_path: Path
 def test_ppo_learns_the_known_optimum(tmp_path: Path) -> None:
     """benchmarks/ppo_learning.py's setting: a warm-started tiny policy must learn which short questions the
     faithful patient answers, about two different facts (1 per question revealing a new fact, optimum 2 per
-    episode): the mean reward of the last 5 of 16 updates clearly beats the first 5 (measured 1.09 -> 1.50
-    with the tuned-encoder patient, which answers fewer of the warm-start questions than the plain-MiniLM one
-    did: 1.15 -> 1.8), and what it asks in the end passes the question-form gate (gibberish does not pay)."""
+    episode): the mean reward of the last 5 of 24 updates clearly beats the first 5, and what it asks in the
+    end passes the question-form gate (gibberish does not pay). Measured 1.33 -> 1.58 with the current
+    patient; the warm start begins higher than with earlier patients (1.09), which answered fewer of its
+    short questions, so the run is 24 updates long to leave room to learn."""
     from benchmarks.ppo_learning import run
     from mediq_env.question_gate import check_question
 
-    result = run(updates=16, seed=0, episodes=32, work_dir=tmp_path)
+    result = run(updates=24, seed=0, episodes=32, work_dir=tmp_path)
     rewards = [c["reward"] for c in result["curve"]]
     first, last = float(np.mean(rewards[:5])), float(np.mean(rewards[-5:]))
-    assert last > first + 0.3, rewards
-    assert last > 1.4, rewards
+    assert last > first + 0.2, rewards
+    assert last > 1.5, rewards
     questions = [qs[0] for qs in result["sample_questions_after_training"]]
     assert all(check_question(q).ok for q in questions), questions
