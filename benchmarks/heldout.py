@@ -21,6 +21,7 @@ public files are read from ``$MEDIQ_DATA_DIR`` or ``../shared/data``; a source w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -30,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import paired_bootstrap_diff, summarise
+from benchmarks.metrics import facts_and_questions, paired_bootstrap_diff, paired_ratio_diff, summarise
 from benchmarks.probes import SOURCES, load_probes, source_path
 from mediq_env.case import load_cases
 from mediq_env.question_gate import check_question
 from training.demos import doctor_split
 
-__all__ = ["gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
+__all__ = ["agent_name", "gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_AGENTS = ("smollm2-base", "smollm2")
@@ -120,6 +121,15 @@ def _finished(run_dir: Path, n: int) -> bool:
     return sum(not e.get("error") for e in _episodes(run_dir)) >= n
 
 
+def agent_name(entry: str) -> tuple[str, str]:
+    """``name=spec`` or a bare spec: (name used in run folders and tables, agent spec). A bare spec is its own
+    name with ``/`` and ``:`` made safe for a folder name (``llm:hf:runs/x/policy`` → ``llm_hf_runs_x_policy``)."""
+    name, sep, spec = entry.partition("=")
+    if sep:
+        return name.strip(), spec.strip()
+    return entry.strip().replace("/", "_").replace(":", "_"), entry.strip()
+
+
 def run_heldout(
     *,
     agents: Sequence[str] = DEFAULT_AGENTS,
@@ -131,7 +141,10 @@ def run_heldout(
     batch_size: int = 16,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run every agent on every source's held-out cases (resuming finished runs) and pool the results."""
+    """Run every agent on every source's held-out cases (resuming finished runs) and pool the results.
+
+    ``agents`` are ``name=spec`` or bare specs (:func:`agent_name`); each agent is compared, paired over the
+    same episodes, with the one listed before it (base → SFT → SFT+RL)."""
     from benchmarks.run import BenchConfig, build_agent, build_patient, run_benchmark
 
     case_files: dict[str, Path] = {}
@@ -150,11 +163,12 @@ def run_heldout(
     per_source: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     patient = None
-    for agent in agents:
+    named = [agent_name(a) for a in agents]
+    for agent, spec in named:
         pooled[agent] = []
         built = None  # one model load per agent, not one per source (the runner would load it each time)
         for source, path in case_files.items():
-            config = BenchConfig(agent=agent, cases=str(path), max_questions=max_questions,
+            config = BenchConfig(agent=spec, cases=str(path), max_questions=max_questions,
                                  modes=("interactive",), batch_size=batch_size)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()
@@ -186,14 +200,21 @@ def run_heldout(
             "accuracy": s["accuracy"],
             "forced_answer_rate": s["forced_answer_rate"],
         }
-    comparison = None
-    if len(agents) == 2 and all(pooled[a] for a in agents):
-        a, b = agents
-        by_case = [{e["case_id"]: float(bool(e.get("correct")) and not e.get("error")) for e in pooled[x]} for x in (a, b)]
-        shared = sorted(set(by_case[0]) & set(by_case[1]))
-        mean, lo, hi = paired_bootstrap_diff([by_case[0][k] for k in shared], [by_case[1][k] for k in shared], seed=0)
-        comparison = {"pairs": len(shared), "accuracy_diff": {"mean": mean, "ci_low": lo, "ci_high": hi},
-                      "base": a, "tuned": b}
+    comparisons = []
+    names = [n for n, _ in named]
+    for a, b in itertools.pairwise(names):
+        if not (pooled[a] and pooled[b]):
+            continue
+        ea, eb = ({e["case_id"]: e for e in pooled[x]} for x in (a, b))
+        shared = sorted(set(ea) & set(eb))
+        correct = [[float(bool(e[k].get("correct")) and not e[k].get("error")) for k in shared] for e in (ea, eb)]
+        mean, lo, hi = paired_bootstrap_diff(correct[0], correct[1], seed=0)
+        comparisons.append({
+            "base": a, "tuned": b, "pairs": len(shared),
+            "accuracy_diff": {"mean": mean, "ci_low": lo, "ci_high": hi},
+            "facts_per_question_diff": paired_ratio_diff([facts_and_questions(ea[k]) for k in shared],
+                                                         [facts_and_questions(eb[k]) for k in shared]),
+        })
     return {
         "what": "base vs SFT SmolLM2 doctor on held-out cases (never used for demonstrations)",
         "max_questions": max_questions,
@@ -201,8 +222,9 @@ def run_heldout(
         "held_out_cases": {s: len(v) for s, v in case_ids.items()},
         "case_ids": case_ids,
         "agents": results,
+        "specs": dict(named),
         "per_source": per_source,
-        "paired_accuracy": comparison,
+        "comparisons": comparisons,
         "seconds": seconds,
         "patient": "faithful",
         "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
@@ -229,7 +251,7 @@ def _share(x: float | None) -> str:
 def to_markdown(result: dict[str, Any]) -> str:
     agents = list(result["agents"])
     lines = [
-        "# Held-out: base vs fine-tuned SmolLM2 doctor",
+        f"# Held-out: {' vs '.join(agents)}",
         "",
         f"Cases never used for demonstrations ({', '.join(f'{s}: {n}' for s, n in result['held_out_cases'].items())}"
         + (f"; first {result['limit_per_source']} held-out cases per source" if result["limit_per_source"] else "")
@@ -254,11 +276,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     ]
     for name, fn in rows:
         lines.append(f"| {name} | " + " | ".join(fn(result["agents"][a]) for a in agents) + " |")
-    comp = result.get("paired_accuracy")
-    if comp:
-        d = comp["accuracy_diff"]
-        lines += ["", f"Paired accuracy difference (`{comp['tuned']}` − `{comp['base']}`, {comp['pairs']} episodes): "
-                  f"{d['mean'] * 100:+.1f} points [{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}]."]
+    specs = result.get("specs", {})
+    if any(specs.get(a, a) != a for a in agents):
+        lines += ["", "Agents: " + "; ".join(f"`{a}` = `{specs[a]}`" for a in agents) + "."]
+    for comp in result.get("comparisons", []):
+        d, f = comp["accuracy_diff"], comp["facts_per_question_diff"]
+        facts = (f"{f['mean']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]" if f.get("ci_low") is not None else "—")
+        lines += ["", f"Paired, `{comp['tuned']}` − `{comp['base']}` over the same {comp['pairs']} episodes: accuracy "
+                  f"{d['mean'] * 100:+.1f} points [{d['ci_low'] * 100:+.1f}, {d['ci_high'] * 100:+.1f}]; "
+                  f"facts revealed per question {facts}."]
     lines += ["", "Per source:", "", "| run | episodes | accuracy | fallback rate |", "|---|---|---|---|"]
     for key, r in result["per_source"].items():
         fb = f"{r['fallback_rate'] * 100:.1f}%" if r.get("fallback_rate") is not None else "—"
@@ -266,13 +292,17 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "Wall time per run (seconds, timed by the invocation that ran each; includes model loading; shared, loaded CPU): "
               + (", ".join(f"{k} {v}" for k, v in result["seconds"].items()) or "none (all resumed)"),
               "", "Reproduce: `python -m benchmarks.heldout --max-questions "
-              f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "") + "`"]
+              f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "")
+              + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
+              + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", default=",".join(DEFAULT_AGENTS), help="two agents: base first, tuned second")
+    parser.add_argument("--agents", default=",".join(DEFAULT_AGENTS),
+                        help="agents in order (base first), each 'name=spec' or a spec; each is compared with the one before")
+    parser.add_argument("--stem", default="heldout", help="result file names: RESULTS_DIR/STEM.{json,md}")
     parser.add_argument("--sources", default=",".join(SOURCES))
     parser.add_argument("--max-questions", type=int, default=3)
     parser.add_argument("--limit", type=int, help="first N held-out cases per source (CPU budget)")
@@ -288,9 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_questions=args.max_questions, limit=args.limit, runs_dir=Path(args.runs_dir),
         data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress,
     )
+    result["stem"] = args.stem
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "heldout.json"
+    previous = out / f"{args.stem}.json"
     if previous.is_file():
         # Resumed runs were timed by the invocation that executed them; keep those times.
         try:
@@ -298,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             earlier = {}
         result["seconds"] = {**{k: v for k, v in earlier.items() if k in result["per_source"]}, **result["seconds"]}
-    (out / "heldout.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    (out / "heldout.md").write_text(to_markdown(result), encoding="utf-8")
+    (out / f"{args.stem}.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    (out / f"{args.stem}.md").write_text(to_markdown(result), encoding="utf-8")
     print(to_markdown(result))
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
 
@@ -22,12 +22,14 @@ __all__ = [
     "bootstrap_ci",
     "calibration",
     "cluster_bootstrap_ratio",
+    "facts_and_questions",
     "facts_per_question",
     "fallback_summary",
     "majority_letter_baseline",
     "nan_to_none",
     "newcombe_paired_diff",
     "paired_bootstrap_diff",
+    "paired_ratio_diff",
     "summarise",
     "wilson_interval",
 ]
@@ -396,3 +398,28 @@ def summarise(
     if fallback is not None:
         summary["fallback"] = fallback
     return nan_to_none(summary)
+
+
+def paired_ratio_diff(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], *, seed: int = 0,
+                      n_boot: int = 2000) -> dict[str, Any]:
+    """Paired cluster bootstrap of (sum facts / sum questions) of ``b`` minus ``a`` over the same episodes."""
+    fa, qa = np.array([x[0] for x in a]), np.array([x[1] for x in a])
+    fb, qb = np.array([x[0] for x in b]), np.array([x[1] for x in b])
+    if qa.sum() == 0 or qb.sum() == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "pairs": len(a)}
+    mean = fb.sum() / qb.sum() - fa.sum() / qa.sum()
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(a), size=len(a))
+        if qa[idx].sum() == 0 or qb[idx].sum() == 0:
+            continue
+        diffs.append(fb[idx].sum() / qb[idx].sum() - fa[idx].sum() / qa[idx].sum())
+    lo, hi = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if diffs else (None, None)
+    return {"mean": float(mean), "ci_low": lo, "ci_high": hi, "pairs": len(a)}
+
+
+def facts_and_questions(e: Mapping[str, Any]) -> tuple[float, float]:
+    """(new facts revealed, questions asked) of one episode record: the pair that facts per question pools."""
+    qs = [t for t in e.get("turns", []) if t.get("action_type") == "question"]
+    return float(sum(len(t.get("new_facts") or ()) for t in qs)), float(len(qs))

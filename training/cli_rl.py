@@ -39,7 +39,7 @@ def train_subparsers(sub: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Entry point of the ``mediq.commands`` group: adds ``train ppo`` and ``train grpo``."""
+    """Entry point of the ``mediq.commands`` group: adds ``train ppo``, ``train grpo`` and ``train question-grpo``."""
     from training.grpo import GRPOEnvConfig
     from training.ppo import PPOConfig
 
@@ -50,6 +50,11 @@ def register(sub: Any) -> None:
     p = train.add_parser("grpo", help="GRPO on the environment through TRL's GRPOTrainer (multi-turn rollout_func)")
     add_config_arguments(p, GRPOEnvConfig)
     p.set_defaults(func=_run_grpo)
+    from training.question_grpo import QuestionGRPOConfig
+
+    p = train.add_parser("question-grpo", help="GRPO on single doctor turns from train-split interview states (TRL GRPOTrainer)")
+    add_config_arguments(p, QuestionGRPOConfig)
+    p.set_defaults(func=_run_question_grpo)
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -153,4 +158,13 @@ def _run_grpo(args: argparse.Namespace) -> int:
     config = config_from_args(GRPOEnvConfig, args)
     train_grpo(config)
     print(f"GRPO: done; policy in {config.output_dir}/policy")
+    return 0
+
+
+def _run_question_grpo(args: argparse.Namespace) -> int:
+    from training.question_grpo import QuestionGRPOConfig, train_question_grpo
+
+    config = config_from_args(QuestionGRPOConfig, args)
+    result = train_question_grpo(config)
+    print(f"question-level GRPO: {result['global_step']} steps on {result['states']} states; policy in {config.output_dir}/policy")
     return 0

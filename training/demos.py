@@ -67,6 +67,7 @@ __all__ = [
     "play_demo",
     "sample_records",
     "ship_adapter",
+    "split_cases",
     "summarise",
 ]
 
@@ -218,14 +219,9 @@ def build_demos(
     patient = patient if patient is not None else default_patient()
     episodes: list[DemoEpisode] = []
     for source in sources:
-        probes = [p for p in load_probes([source], data_dir=data_dir) if doctor_split(p.source, p.case_id) == "train"]
-        if not probes:
+        train_cases, by_case = split_cases(source, "train", data_dir)
+        if not train_cases:
             continue
-        cases = load_probe_cases(source, data_dir)
-        by_case: dict[str, list[Probe]] = {}
-        for p in probes:
-            by_case.setdefault(p.case_id, []).append(p)
-        train_cases = [cases[cid] for cid in sorted(by_case, key=_case_sort_key)]
         env = MediQEnv(train_cases, patient=patient, shuffle_options=True)
         for case in train_cases:
             ordered = order_questions(by_case[case.id], case)
@@ -240,6 +236,19 @@ def build_demos(
                               max_questions=budget, intermediate=intermediate)
                 )
     return episodes
+
+
+def split_cases(source: str, split: DoctorSplit, data_dir: str | None = None) -> tuple[list[Case], dict[str, list[Probe]]]:
+    """The probed cases of one side of :func:`doctor_split` in a stable order, with their probes by case id
+    (empty when a public source's data is absent). Demonstrations and RL states are built from ``train``."""
+    probes = [p for p in load_probes([source], data_dir=data_dir) if doctor_split(p.source, p.case_id) == split]
+    if not probes:
+        return [], {}
+    cases = load_probe_cases(source, data_dir)
+    by_case: dict[str, list[Probe]] = {}
+    for p in probes:
+        by_case.setdefault(p.case_id, []).append(p)
+    return [cases[cid] for cid in sorted(by_case, key=_case_sort_key)], by_case
 
 
 def _case_sort_key(case_id: str) -> tuple[int, str]:

@@ -819,34 +819,10 @@ def stage_grpo(opts: PipelineOptions, out: Path, argv: Sequence[str]) -> dict[st
 # Stage 5: held-out evaluation
 
 
-def _paired_ratio_diff(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], *, seed: int = 0,
-                       n_boot: int = 2000) -> dict[str, Any]:
-    """Paired cluster bootstrap of (sum facts / sum questions) of ``b`` minus ``a`` over the same episodes."""
-    fa, qa = np.array([x[0] for x in a]), np.array([x[1] for x in a])
-    fb, qb = np.array([x[0] for x in b]), np.array([x[1] for x in b])
-    if qa.sum() == 0 or qb.sum() == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "pairs": len(a)}
-    mean = fb.sum() / qb.sum() - fa.sum() / qa.sum()
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(a), size=len(a))
-        if qa[idx].sum() == 0 or qb[idx].sum() == 0:
-            continue
-        diffs.append(fb[idx].sum() / qb[idx].sum() - fa[idx].sum() / qa[idx].sum())
-    lo, hi = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if diffs else (None, None)
-    return {"mean": float(mean), "ci_low": lo, "ci_high": hi, "pairs": len(a)}
-
-
-def _facts_questions(e: Mapping[str, Any]) -> tuple[float, float]:
-    qs = [t for t in e.get("turns", []) if t.get("action_type") == "question"]
-    return float(sum(len(t.get("new_facts") or ()) for t in qs)), float(len(qs))
-
-
 def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path) -> dict[str, Any]:
     """Run every variant's agent on the held-out cases of every source; pool and compare."""
     from benchmarks.heldout import gate_pass, write_heldout_cases
-    from benchmarks.metrics import paired_bootstrap_diff, summarise
+    from benchmarks.metrics import facts_and_questions, paired_bootstrap_diff, paired_ratio_diff, summarise
     from benchmarks.probes import source_path
     from benchmarks.run import BenchConfig, run_benchmark
     from mediq_env.case import load_cases
@@ -900,7 +876,7 @@ def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path
         comparisons[f"{b} - {a}"] = {
             "pairs": len(keys),
             "accuracy": {"mean": mean, "ci_low": lo, "ci_high": hi},
-            "facts_per_question": _paired_ratio_diff([_facts_questions(ea[k]) for k in keys], [_facts_questions(eb[k]) for k in keys]),
+            "facts_per_question": paired_ratio_diff([facts_and_questions(ea[k]) for k in keys], [facts_and_questions(eb[k]) for k in keys]),
         }
     return {"variants": dict(variants), "rewards": trained_rewards(variants, Path(opts.out)),
             "held_out_cases": held, "max_questions": opts.max_questions,

@@ -1,0 +1,34 @@
+"""benchmarks.heldout: named agents, run folders, and paired comparisons of each agent with the one before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import heldout
+from benchmarks.metrics import facts_and_questions, paired_ratio_diff
+
+
+def test_agent_name_forms() -> None:
+    assert heldout.agent_name("smollm2") == ("smollm2", "smollm2")
+    assert heldout.agent_name("sft=llm:hf:runs/x/model") == ("sft", "llm:hf:runs/x/model")
+    assert heldout.agent_name("llm:hf:runs/x/policy") == ("llm_hf_runs_x_policy", "llm:hf:runs/x/policy")
+
+
+def test_three_agents_are_compared_pairwise_in_order(tmp_path: Path) -> None:
+    result = heldout.run_heldout(agents=["now=answer-now", "checklist", "rand=random:1"], sources=["builtin"], limit=4,
+                                 runs_dir=tmp_path, max_questions=3)
+    assert [(c["base"], c["tuned"]) for c in result["comparisons"]] == [("now", "checklist"), ("checklist", "rand")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases", "checklist-builtin", "now-builtin", "rand-builtin"]
+    # The facts-per-question difference is the pooled ratio of the two runs' own episodes, paired by case.
+    eps = {n: {e["case_id"]: e for e in map(json.loads, (tmp_path / f"{n}-builtin" / "episodes.jsonl").read_text().splitlines())}
+           for n in ("checklist", "rand")}
+    keys = sorted(eps["checklist"])
+    expected = paired_ratio_diff([facts_and_questions(eps["checklist"][k]) for k in keys], [facts_and_questions(eps["rand"][k]) for k in keys])
+    got = result["comparisons"][1]["facts_per_question_diff"]
+    assert got["mean"] == expected["mean"] and got["pairs"] == 4
+    # answer-now asks nothing: no ratio, so no interval, and the table says so rather than inventing one.
+    assert result["comparisons"][0]["facts_per_question_diff"]["mean"] is None
+    md = heldout.to_markdown({**result, "stem": "x"})
+    assert "`rand` = `random:1`" in md and "`rand` − `checklist` over the same 4 episodes" in md
+    assert "facts revealed per question —" in md and "--stem x" in md
