@@ -68,7 +68,7 @@ def test_config_refuses_cases_and_other_scorers() -> None:
         QuestionGRPOConfig(model="unused", scorer="none")
     with pytest.raises(ConfigError, match="scale_rewards"):
         QuestionGRPOConfig(model="unused", scale_rewards="grp")
-    assert QuestionGRPOConfig(model="unused").scale_rewards == "batch"
+    assert QuestionGRPOConfig(model="unused").scale_rewards == "none"
 
 
 @pytest.mark.slow
@@ -99,6 +99,8 @@ def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monke
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all("rewards/new_facts/mean" in r and "kl" in r for r in rows)
+    curve = qg.curve_markdown(out / "metrics.jsonl")
+    assert "| 1 | -0.020 |" in curve and "| 2 |" in curve and "| 1–2 |" in curve
     trained = AutoModelForCausalLM.from_pretrained(str(out / "policy"))
     changed = sum(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
     assert changed > 0
