@@ -61,7 +61,7 @@ from training.rl_common import (
 if TYPE_CHECKING:
     from mediq_env.case import Case
 
-__all__ = ["GRPOEnvConfig", "build_grpo_trainer", "component_names", "episode_dataset", "make_rollout_func", "train_grpo"]
+__all__ = ["GRPOEnvConfig", "build_grpo_trainer", "component_names", "episode_dataset", "lora_config", "make_rollout_func", "train_grpo", "trl_args"]
 
 
 @dataclass
@@ -267,6 +267,51 @@ def _component_reward(name: str) -> Callable[..., list[float | None]]:
     return reward
 
 
+def trl_args(config: GRPOEnvConfig, *, reward_weights: Sequence[float], **overrides: Any) -> Any:
+    """The ``trl.GRPOConfig`` of a run: the values of ``config`` that TRL knows, then ``overrides`` as they are."""
+    from trl import GRPOConfig
+
+    kwargs: dict[str, Any] = {
+        "output_dir": config.output_dir,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_generations": config.num_generations,
+        "max_steps": config.max_steps,
+        "learning_rate": config.learning_rate,
+        "beta": config.beta,
+        "epsilon": config.epsilon,
+        "num_iterations": config.num_iterations,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "use_cpu": config.use_cpu,
+        "bf16": config.bf16,
+        "report_to": config.report_to,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps" if config.save_steps else "no",
+        "seed": config.seed,
+        "reward_weights": list(reward_weights),
+        "dataloader_num_workers": 0,
+    }
+    # transformers 5 renamed gradient checkpointing (TRL turns it on by default); the old name still works
+    # but warns, so use whichever this version's config knows.
+    config_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    kwargs["activation_checkpointing" if "activation_checkpointing" in config_fields else "gradient_checkpointing"] = config.gradient_checkpointing
+    if config.save_steps:
+        kwargs["save_steps"] = config.save_steps
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def lora_config(config: GRPOEnvConfig) -> Any:
+    """The PEFT LoRA config of a run, or None when it trains all weights."""
+    if not config.use_lora:
+        return None
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if config.lora_target_modules == ["all-linear"] else config.lora_target_modules
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+
+
 def build_grpo_trainer(
     config: GRPOEnvConfig,
     *,
@@ -283,7 +328,7 @@ def build_grpo_trainer(
     function per known reward component. ``grpo_overrides`` go to ``trl.GRPOConfig`` as they are.
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from training.ppo import load_policy
 
@@ -312,41 +357,8 @@ def build_grpo_trainer(
         )
     names = component_names(env)
     reward_funcs: list[Any] = [episode_return, *(_component_reward(k) for k in names)]
-    args_kwargs: dict[str, Any] = {
-        "output_dir": config.output_dir,
-        "per_device_train_batch_size": config.per_device_train_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "num_generations": config.num_generations,
-        "max_steps": config.max_steps,
-        "learning_rate": config.learning_rate,
-        "beta": config.beta,
-        "epsilon": config.epsilon,
-        "num_iterations": config.num_iterations,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "use_cpu": config.use_cpu,
-        "bf16": config.bf16,
-        "report_to": config.report_to,
-        "logging_steps": config.logging_steps,
-        "save_strategy": "steps" if config.save_steps else "no",
-        "seed": config.seed,
-        "reward_weights": [1.0] + [0.0] * len(names),
-        "dataloader_num_workers": 0,
-    }
-    # transformers 5 renamed gradient checkpointing (TRL turns it on by default); the old name still works
-    # but warns, so use whichever this version's config knows.
-    config_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    args_kwargs["activation_checkpointing" if "activation_checkpointing" in config_fields else "gradient_checkpointing"] = config.gradient_checkpointing
-    if config.save_steps:
-        args_kwargs["save_steps"] = config.save_steps
-    args_kwargs.update(grpo_overrides)
-    args = GRPOConfig(**args_kwargs)
-    peft_config = None
-    if config.use_lora:
-        from peft import LoraConfig
-
-        targets: Any = "all-linear" if config.lora_target_modules == ["all-linear"] else config.lora_target_modules
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+    args = trl_args(config, reward_weights=[1.0] + [0.0] * len(names), **grpo_overrides)
+    peft_config = lora_config(config)
     rollout = make_rollout_func(config, env, fmt, tokenizer, lookup, env_factory=factory)
     return GRPOTrainer(
         model=model,

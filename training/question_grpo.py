@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mediq_env.errors import ConfigError
-from training.grpo import GRPOEnvConfig
+from training.grpo import GRPOEnvConfig, lora_config, trl_args
 
 __all__ = ["DecisionReplayer", "QuestionGRPOConfig", "curve_markdown", "decision_states", "main", "train_question_grpo"]
 
@@ -265,10 +265,8 @@ def _metrics_callback(path: Path) -> Any:
 def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     """Build the states, train (resuming from the newest checkpoint), save ``adapter/`` and ``policy/``."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import dataclasses
-
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from training.pipeline import _truncate_metrics, latest_checkpoint
     from training.ppo import load_policy
@@ -292,29 +290,10 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
 
     model, tokenizer = load_policy(config.model, "auto", "cpu")
     funcs = make_reward_funcs(replayer)
-    args_kwargs: dict[str, Any] = {
-        "output_dir": str(out), "per_device_train_batch_size": config.per_device_train_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps, "num_generations": config.num_generations,
-        "max_steps": config.max_steps, "learning_rate": config.learning_rate, "beta": config.beta,
-        "epsilon": config.epsilon, "num_iterations": config.num_iterations, "temperature": config.temperature,
-        "top_p": config.top_p, "max_completion_length": config.max_new_tokens, "use_cpu": config.use_cpu,
-        "bf16": config.bf16, "report_to": config.report_to, "logging_steps": config.logging_steps,
-        "save_strategy": "steps" if config.save_steps else "no", "seed": config.seed,
-        "reward_weights": [1.0] + [0.0] * (len(funcs) - 1), "dataloader_num_workers": 0,
-        "lr_scheduler_type": "constant", "save_total_limit": 2, "scale_rewards": config.scale_rewards,
-    }
-    names = {f.name for f in dataclasses.fields(GRPOConfig)}
-    args_kwargs["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = config.gradient_checkpointing
-    if config.save_steps:
-        args_kwargs["save_steps"] = config.save_steps
-    peft_config = None
-    if config.use_lora:
-        from peft import LoraConfig
-
-        targets: Any = "all-linear" if config.lora_target_modules == ["all-linear"] else config.lora_target_modules
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=GRPOConfig(**args_kwargs),
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config)
+    args = trl_args(config, reward_weights=[1.0] + [0.0] * (len(funcs) - 1), max_completion_length=config.max_new_tokens,
+                    lr_scheduler_type="constant", save_total_limit=2, scale_rewards=config.scale_rewards)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer, peft_config=lora_config(config))
     metrics = out / "metrics.jsonl"
     resume = latest_checkpoint(out)
     if resume is not None:
