@@ -105,3 +105,17 @@ def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monke
     changed = sum(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
     assert changed > 0
     assert json.loads((out / "states.json").read_text())["by_source"] == {"builtin": first["states"]}
+
+
+def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
+    import argparse
+
+    from training.cli_rl import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "question-grpo", "--model", "m", "--sources", "builtin,medqa", "--max-steps", "7",
+                              "--scale-rewards", "group", "--output-dir", str(tmp_path / "o")])
+    config = config_from_args(QuestionGRPOConfig, args)
+    assert (config.source_list(), config.max_steps, config.scale_rewards) == (["builtin", "medqa"], 7, "group")
+    assert config.reward_weights == {"proxy_info_gain": 1.0} and config.correct == 0.0
