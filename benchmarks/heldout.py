@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics import facts_and_questions, paired_bootstrap_diff, paired_ratio_diff, summarise
+from benchmarks.metrics import paired_episode_diffs, summarise
 from benchmarks.probes import SOURCES, load_probes, source_path
 from mediq_env.case import load_cases
 from mediq_env.question_gate import check_question
@@ -207,16 +207,11 @@ def run_heldout(
             continue
         ea, eb = ({e["case_id"]: e for e in pooled[x]} for x in (a, b))
         shared = sorted(set(ea) & set(eb))
-        correct = [[float(bool(e[k].get("correct")) and not e[k].get("error")) for k in shared] for e in (ea, eb)]
-        mean, lo, hi = paired_bootstrap_diff(correct[0], correct[1], seed=0)
-        comparisons.append({
-            "base": a, "tuned": b, "pairs": len(shared),
-            "accuracy_diff": {"mean": mean, "ci_low": lo, "ci_high": hi},
-            "facts_per_question_diff": paired_ratio_diff([facts_and_questions(ea[k]) for k in shared],
-                                                         [facts_and_questions(eb[k]) for k in shared]),
-        })
+        accuracy, facts = paired_episode_diffs(ea, eb, shared)
+        comparisons.append({"base": a, "tuned": b, "pairs": len(shared), "accuracy_diff": accuracy,
+                            "facts_per_question_diff": facts})
     return {
-        "what": "base vs SFT SmolLM2 doctor on held-out cases (never used for demonstrations)",
+        "what": "doctor agents on held-out cases (never used for demonstrations or RL states), each paired with the one before",
         "max_questions": max_questions,
         "limit_per_source": limit,
         "held_out_cases": {s: len(v) for s, v in case_ids.items()},

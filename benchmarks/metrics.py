@@ -29,6 +29,7 @@ __all__ = [
     "nan_to_none",
     "newcombe_paired_diff",
     "paired_bootstrap_diff",
+    "paired_episode_diffs",
     "paired_ratio_diff",
     "summarise",
     "wilson_interval",
@@ -417,6 +418,15 @@ def paired_ratio_diff(a: Sequence[tuple[float, float]], b: Sequence[tuple[float,
         diffs.append(fb[idx].sum() / qb[idx].sum() - fa[idx].sum() / qa[idx].sum())
     lo, hi = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if diffs else (None, None)
     return {"mean": float(mean), "ci_low": lo, "ci_high": hi, "pairs": len(a)}
+
+
+def paired_episode_diffs(a: Mapping[Any, Mapping[str, Any]], b: Mapping[Any, Mapping[str, Any]], keys: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``b − a`` over the same episodes (``keys`` index both): the accuracy difference (a failed episode counts
+    as wrong) and the facts-per-question difference, each with its paired bootstrap interval."""
+    correct = [[float(bool(x[k].get("correct")) and not x[k].get("error")) for k in keys] for x in (a, b)]
+    mean, lo, hi = paired_bootstrap_diff(correct[0], correct[1], seed=0)
+    facts = paired_ratio_diff([facts_and_questions(a[k]) for k in keys], [facts_and_questions(b[k]) for k in keys])
+    return {"mean": mean, "ci_low": lo, "ci_high": hi}, facts
 
 
 def facts_and_questions(e: Mapping[str, Any]) -> tuple[float, float]:

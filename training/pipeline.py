@@ -822,7 +822,7 @@ def stage_grpo(opts: PipelineOptions, out: Path, argv: Sequence[str]) -> dict[st
 def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path) -> dict[str, Any]:
     """Run every variant's agent on the held-out cases of every source; pool and compare."""
     from benchmarks.heldout import gate_pass, write_heldout_cases
-    from benchmarks.metrics import facts_and_questions, paired_bootstrap_diff, paired_ratio_diff, summarise
+    from benchmarks.metrics import paired_episode_diffs, summarise
     from benchmarks.probes import source_path
     from benchmarks.run import BenchConfig, run_benchmark
     from mediq_env.case import load_cases
@@ -871,13 +871,8 @@ def evaluate(variants: Mapping[str, str], opts: PipelineOptions, stage_dir: Path
         keys = sorted(set(ea) & set(eb), key=str)
         if not keys:
             continue
-        acc = [[float(bool(x[k].get("correct")) and not x[k].get("error")) for k in keys] for x in (ea, eb)]
-        mean, lo, hi = paired_bootstrap_diff(acc[0], acc[1], seed=0)
-        comparisons[f"{b} - {a}"] = {
-            "pairs": len(keys),
-            "accuracy": {"mean": mean, "ci_low": lo, "ci_high": hi},
-            "facts_per_question": paired_ratio_diff([facts_and_questions(ea[k]) for k in keys], [facts_and_questions(eb[k]) for k in keys]),
-        }
+        accuracy, facts = paired_episode_diffs(ea, eb, keys)
+        comparisons[f"{b} - {a}"] = {"pairs": len(keys), "accuracy": accuracy, "facts_per_question": facts}
     return {"variants": dict(variants), "rewards": trained_rewards(variants, Path(opts.out)),
             "held_out_cases": held, "max_questions": opts.max_questions,
             "limit_per_source": opts.eval_limit, "agents": agents, "paired": comparisons, "seconds": seconds,
