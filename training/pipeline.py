@@ -67,9 +67,11 @@ __all__ = [
     "STAGES",
     "PipelineOptions",
     "agent_spec",
+    "latest_checkpoint",
     "main",
     "question_stats",
     "run_pipeline",
+    "truncate_metrics",
     "write_split_cases",
 ]
 
@@ -754,7 +756,7 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
+def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop the rows of steps after ``last_step`` (logged, then lost with a killed run): they are replayed."""
     rows = [r for r in _read_jsonl(path) if int(r.get("step", 0)) <= last_step]
     path.write_text("".join(json.dumps(r, default=float) + "\n" for r in rows), encoding="utf-8")
@@ -780,7 +782,7 @@ def run_grpo(config: Any) -> dict[str, Any]:
         step = int(json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
         print(f"[grpo] resuming from {resume} (step {step} of {config.max_steps})", flush=True)
         if _is_main_process():
-            _truncate_metrics(metrics, step)
+            truncate_metrics(metrics, step)
     elif _is_main_process() and metrics.exists():
         metrics.unlink()  # a run that died before its first checkpoint starts over
     trainer.add_callback(_grpo_metrics_callback(env, metrics, n * int(os.environ.get("WORLD_SIZE", "1"))))

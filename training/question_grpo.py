@@ -19,10 +19,14 @@ unit of credit is one decision:
    reply revealed − 0.02 per question; an answer earns 0; an invalid action is charged). It is the same
    definition the hack suite attacks (``benchmarks/results/hacks.md``): keyword soups, catch-alls, repeats,
    paraphrases, option probes and joined questions all reveal fewer facts than honest questions.
-4. **Update.** Group-normalised advantages, KL to the starting (SFT) policy, LoRA.
+4. **Update.** Advantage = reward − its group's mean, not divided by a standard deviation (see
+   ``QuestionGRPOConfig.scale_rewards``); KL to the starting (SFT) policy; LoRA.
+
+The run recorded in ``benchmarks/results/question_grpo.md``:
 
     python -m training.question_grpo --model runs/ppo-from-sft/sft/model --output-dir runs/question-grpo \\
-        --max-steps 150 --use-cpu --torch-threads 1
+        --max-steps 50 --demo-rounds 2 --learning-rate 1e-4 --beta 0.04 --torch-threads 2 --save-steps 10
+    python -m training.question_grpo curve runs/question-grpo       # its learning curve as markdown
 
 The policy is saved merged to ``<output_dir>/policy`` (adapter in ``adapter/``); per-step metrics go to
 ``metrics.jsonl``; a killed run resumes from its newest checkpoint.
@@ -268,7 +272,7 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from training.pipeline import _truncate_metrics, latest_checkpoint
+    from training.pipeline import latest_checkpoint, truncate_metrics
     from training.ppo import load_policy
 
     if config.torch_threads is not None:
@@ -299,7 +303,7 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     if resume is not None:
         step = int(json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
         print(f"[question-grpo] resuming from {resume} (step {step} of {config.max_steps})", flush=True)
-        _truncate_metrics(metrics, step)
+        truncate_metrics(metrics, step)
     elif metrics.exists():
         metrics.unlink()
     trainer.add_callback(_metrics_callback(metrics))
