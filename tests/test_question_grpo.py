@@ -69,10 +69,13 @@ def test_config_refuses_cases_and_other_scorers() -> None:
     with pytest.raises(ConfigError, match="scale_rewards"):
         QuestionGRPOConfig(model="unused", scale_rewards="grp")
     assert QuestionGRPOConfig(model="unused").scale_rewards == "none"
+    with pytest.raises(ConfigError, match="max_minutes"):
+        QuestionGRPOConfig(model="unused", max_minutes=0)
 
 
 @pytest.mark.slow
-def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -84,7 +87,7 @@ def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monke
     # Step 1, real reward: the untrained tiny model writes no parseable action, so every reply is charged the
     # same and GRPO's group-relative advantage is 0 — the policy must not move.
     first = train_question_grpo(QuestionGRPOConfig(**kw, max_steps=1))
-    assert first == {"states": first["states"], "global_step": 1, "resumed_from": None}
+    assert first == {"states": first["states"], "global_step": 1, "resumed_from": None, "stopped_by_time_budget": False}
     row1 = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row1["reward"] == pytest.approx(-0.02) and row1["frac_reward_zero_std"] == 1.0
     start = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
@@ -101,10 +104,17 @@ def test_tiny_run_trains_saves_and_resumes(tiny_dir: Path, tmp_path: Path, monke
     assert all("rewards/new_facts/mean" in r and "kl" in r for r in rows)
     curve = qg.curve_markdown(out / "metrics.jsonl")
     assert "| 1 | -0.020 |" in curve and "| 2 |" in curve and "| 1–2 |" in curve
+    assert qg.main(["curve", str(out), "1"]) == 0 and "| 2–2 |" in capsys.readouterr().out
     trained = AutoModelForCausalLM.from_pretrained(str(out / "policy"))
     changed = sum(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
     assert changed > 0
     assert json.loads((out / "states.json").read_text())["by_source"] == {"builtin": first["states"]}
+    # A spent time budget ends the run after the step that crossed it, saving a checkpoint to resume from
+    # and the adapter/policy as a finished run does.
+    third = train_question_grpo(QuestionGRPOConfig(**kw, max_steps=5, max_minutes=1e-6))
+    assert third["global_step"] == 3 and third["stopped_by_time_budget"] is True
+    assert (out / "checkpoint-3").is_dir() and (out / "adapter" / "adapter_config.json").is_file()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 def test_cli_flags_reach_the_config(tmp_path: Path) -> None:

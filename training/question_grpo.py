@@ -86,6 +86,9 @@ class QuestionGRPOConfig(GRPOEnvConfig):
     lora_alpha: int = 16
     use_cpu: bool = True
     save_steps: int = 10
+    # Wall-clock budget: after the step that crosses it, training stops, saves a checkpoint and writes
+    # adapter/ and policy/ as at the end of a full run (a lent GPU machine is held for minutes, not hours).
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.cases is not None:
@@ -97,6 +100,8 @@ class QuestionGRPOConfig(GRPOEnvConfig):
             raise ConfigError(f"scale_rewards must be 'batch', 'group' or 'none', got {self.scale_rewards!r}")
         if self.demo_rounds < 1:
             raise ConfigError(f"demo_rounds must be >= 1, got {self.demo_rounds}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
 
     def source_list(self) -> list[str]:
         return [s.strip() for s in self.sources.split(",") if s.strip()]
@@ -266,6 +271,23 @@ def _metrics_callback(path: Path) -> Any:
     return MetricsLog()
 
 
+def _time_budget_callback(minutes: float) -> Any:
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.stopped_at: int | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.perf_counter() - self.start >= minutes * 60:
+                control.should_training_stop = True
+                control.should_save = True  # the checkpoint a resumed run continues from
+                self.stopped_at = int(state.global_step)
+
+    return TimeBudget()
+
+
 def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     """Build the states, train (resuming from the newest checkpoint), save ``adapter/`` and ``policy/``."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -292,7 +314,8 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     (out / "states.json").write_text(json.dumps({"states": len(rows), "by_source": by_source}, indent=2) + "\n", encoding="utf-8")
     print(f"[question-grpo] {len(rows)} train states {by_source}", flush=True)
 
-    model, tokenizer = load_policy(config.model, "auto", "cpu")
+    # bf16 weights when the config trains in bf16 (GPU); LoRA keeps its own weights in float32.
+    model, tokenizer = load_policy(config.model, "bfloat16" if config.bf16 else "float32", "cpu" if config.use_cpu else "cuda")
     funcs = make_reward_funcs(replayer)
     args = trl_args(config, reward_weights=[1.0] + [0.0] * (len(funcs) - 1), max_completion_length=config.max_new_tokens,
                     lr_scheduler_type="constant", save_total_limit=2, scale_rewards=config.scale_rewards)
@@ -307,6 +330,9 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     elif metrics.exists():
         metrics.unlink()
     trainer.add_callback(_metrics_callback(metrics))
+    budget = _time_budget_callback(config.max_minutes) if config.max_minutes is not None else None
+    if budget is not None:
+        trainer.add_callback(budget)
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
@@ -315,7 +341,12 @@ def train_question_grpo(config: QuestionGRPOConfig) -> dict[str, Any]:
     policy.save_pretrained(out / "policy")
     tokenizer.save_pretrained(out / "policy")
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return {"states": len(rows), "global_step": int(trainer.state.global_step), "resumed_from": str(resume) if resume else None}
+    stopped = budget.stopped_at if budget is not None else None
+    if stopped is not None:
+        print(f"[question-grpo] stopped at step {stopped} of {config.max_steps}: the {config.max_minutes:g}-minute budget "
+              "was spent (run the same command again to continue)", flush=True)
+    return {"states": len(rows), "global_step": int(trainer.state.global_step), "resumed_from": str(resume) if resume else None,
+            "stopped_by_time_budget": stopped is not None}
 
 
 def curve_markdown(metrics_path: str | Path, block: int = 10) -> str:
@@ -352,10 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.cli_rl import add_config_arguments, config_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["curve"]:  # python -m training.question_grpo curve RUN_DIR: the learning curve as markdown
-        if len(argv) != 2:
-            raise SystemExit("usage: python -m training.question_grpo curve RUN_DIR")
-        print(curve_markdown(Path(argv[1]) / "metrics.jsonl"), end="")
+    if argv[:1] == ["curve"]:  # python -m training.question_grpo curve RUN_DIR [BLOCK]: the learning curve as markdown
+        if len(argv) not in (2, 3) or (len(argv) == 3 and not argv[2].isdigit()):
+            raise SystemExit("usage: python -m training.question_grpo curve RUN_DIR [STEPS_PER_BLOCK]")
+        print(curve_markdown(Path(argv[1]) / "metrics.jsonl", block=int(argv[2]) if len(argv) == 3 else 10), end="")
         return 0
     parser = argparse.ArgumentParser(prog="python -m training.question_grpo", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser, QuestionGRPOConfig)
