@@ -64,8 +64,9 @@ def make_agent(spec: str, **kw: Any) -> Agent:
     """Build an agent from a one-line spec (for configs and the CLI).
 
     ``kw`` goes to the agent's constructor, except for ``llm:`` specs, where ``backend_options`` (a dict) goes
-    to :func:`mediq_env.backends.factory.make_backend`, and ``question_backend`` may be a backend spec string
-    (with ``question_backend_options``) as well as a backend object.
+    to :func:`mediq_env.backends.factory.make_backend`, and ``question_backend`` and ``decision_backend`` may be
+    backend spec strings (with ``question_backend_options``, ``decision_backend_options``) as well as backend
+    objects.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"empty agent spec; use one of the {valid_agent_specs()}")
@@ -101,9 +102,10 @@ def make_agent(spec: str, **kw: Any) -> Agent:
             # instruction following). 'llm:smollm2-base' is the untouched doctor.
             backend_options.setdefault("adapter", "default")
         backend = make_backend(arg, **backend_options)
-        question_backend = kw.pop("question_backend", None)
-        question_options = kw.pop("question_backend_options", {})
-        if isinstance(question_backend, str):
-            question_backend = make_backend(question_backend, **question_options)
-        return LLMAgent(backend, question_backend=question_backend, **kw)
+        others: dict[str, Any] = {}
+        for role in ("question_backend", "decision_backend"):
+            other = kw.pop(role, None)
+            options = kw.pop(f"{role}_options", {})
+            others[role] = make_backend(other, **options) if isinstance(other, str) else other
+        return LLMAgent(backend, question_backend=others["question_backend"], decision_backend=others["decision_backend"], **kw)
     raise ConfigError(f"invalid agent spec {spec!r}; use one of the {valid_agent_specs()}")

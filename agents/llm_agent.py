@@ -17,6 +17,11 @@ states given (never one call per state):
    when given (ALFA swaps only the question generator), else from the same backend. Under ``implicit``
    without a ``question_backend`` the question written in the decision is used when it parses.
 
+``decision_backend`` moves stage 2 to another model and leaves every answer with ``backend``: the decision
+model says whether to ask (and, under ``implicit``, writes the question), and when it chooses to answer,
+the letter is ``backend``'s intermediate answer. This judges a policy trained on decisions only (question-
+level GRPO rewards questions and never answers) with the answers of the model it started from.
+
 Fallbacks (documented, never random). Every turn records ``info["fallback"]``: None when the model's own
 output made the action, else the kind (:data:`agents.base.FALLBACK_KINDS`); ``info["fallback_kinds"]``
 lists every kind of the turn and ``info["fallback_detail"]`` the reasons in words:
@@ -104,6 +109,8 @@ class LLMAgent:
         rationale: ask for a one-line assessment before the decision.
         self_consistency: number of decision samples (k >= 1).
         question_backend: a separate question generator (ALFA); the answer and decision stay with ``backend``.
+        decision_backend: a separate model for the decision stage (see the module docstring); the answers
+            stay with ``backend``.
         params: sampling for the answer and decision stages (default greedy, seed 0; 64 new tokens, 256 with
             a rationale). Its ``seed`` is the base seed of the self-consistency samples.
         question_params: sampling for the question stage (default greedy, 64 new tokens).
@@ -120,6 +127,7 @@ class LLMAgent:
         rationale: bool = False,
         self_consistency: int = 1,
         question_backend: Backend | None = None,
+        decision_backend: Backend | None = None,
         params: SamplingParams | None = None,
         question_params: SamplingParams | None = None,
         answer_params: SamplingParams | None = None,
@@ -127,7 +135,7 @@ class LLMAgent:
         fallback_letter: str = "A",
         name: str | None = None,
     ) -> None:
-        for role, b in (("backend", backend), ("question_backend", question_backend)):
+        for role, b in (("backend", backend), ("question_backend", question_backend), ("decision_backend", decision_backend)):
             if b is not None and not (hasattr(b, "generate") and hasattr(b, "model_id")):
                 raise ConfigError(f"{role} must have 'model_id' and 'generate', got {type(b).__name__}")
         if strategy not in STRATEGIES:
@@ -140,6 +148,7 @@ class LLMAgent:
             raise ConfigError(f"fallback_letter must be a single letter, got {fallback_letter!r}")
         self.backend = backend
         self.question_backend = question_backend
+        self.decision_backend = decision_backend
         self.strategy: Strategy = strategy
         self.threshold = self._check_threshold(strategy, threshold)
         self.rationale = bool(rationale)
@@ -157,6 +166,8 @@ class LLMAgent:
             label += f", sc={self_consistency}"
         if question_backend is not None:
             label += f", questions={question_backend.model_id}"
+        if decision_backend is not None:
+            label += f", decisions={decision_backend.model_id}"
         self.name = name or f"llm({backend.model_id}, {label})"
 
     @staticmethod
@@ -222,7 +233,7 @@ class LLMAgent:
         if open_idx:
             chats = [decision_chat(states[i], self.strategy, rationale=self.rationale) for i in open_idx]
             for params in self.sample_params():
-                for i, text in zip(open_idx, self._generate(self.backend, chats, params), strict=True):
+                for i, text in zip(open_idx, self._generate(self.decision_backend or self.backend, chats, params), strict=True):
                     decision_texts[i].append(text)
             for i in open_idx:
                 decisions[i] = self._decide(states[i], decision_texts[i])
@@ -282,8 +293,10 @@ class LLMAgent:
                     info.update(decision="ask", question_source=source)
                     action = {"question": question}
                 else:
-                    chosen = decision.letter if decision.letter is not None else answers[i].letter
-                    if decision.letter is None and self.strategy == "implicit" and answers[i].letter is not None:
+                    # With a separate decision model the letter is still the answering model's.
+                    own = decision.letter if self.decision_backend is None else None
+                    chosen = own if own is not None else answers[i].letter
+                    if own is None and self.decision_backend is None and self.strategy == "implicit" and answers[i].letter is not None:
                         fallbacks.append("the decision named no option; answered the intermediate answer")
                     letter, why = self._letter_or_fallback(state, chosen)
                     if why:

@@ -48,6 +48,7 @@ class BenchConfig:
     rationale: bool = False
     self_consistency: int = 1
     question_model: str | None = None
+    decision_model: str | None = None
     patient: str = "faithful"
     cases: str | None = None
     initial_info: str = "auto"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -121,13 +122,19 @@ def _finished(run_dir: Path, n: int) -> bool:
     return sum(not e.get("error") for e in _episodes(run_dir)) >= n
 
 
+DECISIONS = "+decisions="
+"""In an agent spec, ``SPEC+decisions=BACKEND``: the decisions (ask or answer, and the question) come from
+``BACKEND``, every answer from ``SPEC``'s model (``benchmarks.run --decision-model``)."""
+
+
 def agent_name(entry: str) -> tuple[str, str]:
     """``name=spec`` or a bare spec: (name used in run folders and tables, agent spec). A bare spec is its own
-    name with ``/`` and ``:`` made safe for a folder name (``llm:hf:runs/x/policy`` → ``llm_hf_runs_x_policy``)."""
+    name with ``/``, ``:``, ``+`` and ``=`` made safe for a folder name (``llm:hf:runs/x/policy`` →
+    ``llm_hf_runs_x_policy``). A spec may end in ``+decisions=BACKEND`` (:data:`DECISIONS`)."""
     name, sep, spec = entry.partition("=")
-    if sep:
+    if sep and re.fullmatch(r"[\w.-]+", name.strip()):  # a name has no ':' or '+' (unlike "llm:hf:a+decisions=…")
         return name.strip(), spec.strip()
-    return entry.strip().replace("/", "_").replace(":", "_"), entry.strip()
+    return re.sub(r"[/:+=]", "_", entry.strip()), entry.strip()
 
 
 def run_heldout(
@@ -168,7 +175,8 @@ def run_heldout(
         pooled[agent] = []
         built = None  # one model load per agent, not one per source (the runner would load it each time)
         for source, path in case_files.items():
-            config = BenchConfig(agent=spec, cases=str(path), max_questions=max_questions,
+            agent_spec, _, decisions = spec.partition(DECISIONS)
+            config = BenchConfig(agent=agent_spec, cases=str(path), max_questions=max_questions, decision_model=decisions or None,
                                  modes=("interactive",), batch_size=batch_size)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()

@@ -98,6 +98,8 @@ def build_agent(config: BenchConfig) -> Any:
         kw["threshold"] = config.threshold
     if config.question_model:
         kw["question_backend"] = config.question_model
+    if config.decision_model:
+        kw["decision_backend"] = config.decision_model
     if config.cache_dir:
         kw["backend_options"] = {"cache_dir": config.cache_dir}
     return make_agent(spec, **kw)
@@ -602,6 +604,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rationale", action="store_true", help="ask for a rationale before each decision")
     p.add_argument("--self-consistency", type=int, default=d.self_consistency, metavar="K")
     p.add_argument("--question-model", help="a separate backend for question generation (ALFA swaps only this)")
+    p.add_argument("--decision-model", help="a separate backend for the ask-or-answer decision (and the question written "
+                   "in it); every answer stays with --agent's model")
     p.add_argument("--patient", default=d.patient, help=" | ".join(PATIENTS))
     p.add_argument("--cases", help="cases file in any MediQ variant (default: the built-in cases)")
     p.add_argument("--skip-invalid", action="store_true",
@@ -675,6 +679,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         rationale=args.rationale,
         self_consistency=args.self_consistency,
         question_model=args.question_model,
+        decision_model=args.decision_model,
         patient=args.patient,
         cases=args.cases,
         initial_info=args.initial_info,

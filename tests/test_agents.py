@@ -566,6 +566,22 @@ def test_make_agent_specs() -> None:
             make_agent(bad)
 
 
+def test_decision_backend_decides_and_asks_but_every_answer_stays_with_the_main_model() -> None:
+    states = [make_state("c1"), make_state("c2"), make_state("c3", questions_left=0, must_answer=True)]
+    main = FakeBackend(states, {("answer", "c1"): "ANSWER: A", ("answer", "c2"): "ANSWER: B", ("answer", "c3"): "ANSWER: C",
+                                ("decision", "c1"): "ANSWER: D", ("decision", "c2"): "ANSWER: D"})
+    policy = FakeBackend(states, {("decision", "c1"): "ASK: Have you lost weight?", ("decision", "c2"): "ANSWER: D"},
+                         model_id="policy")
+    agent = LLMAgent(main, decision_backend=policy)
+    steps = agent.act(states)
+    assert steps[0].action == {"question": "Have you lost weight?"}  # the policy's decision and question
+    assert steps[1].action == {"answer": "B"}  # the policy chose to answer; the letter is the main model's
+    assert steps[2].action == {"answer": "C"} and steps[2].info["forced"]
+    assert main.stages() == ["answer"] and policy.stages() == ["decision"]
+    assert policy.calls[0][1] == ["c1", "c2"] and "decisions=policy" in agent.name
+    assert all(s.info["fallback"] is None for s in steps)
+
+
 def test_make_agent_llm_uses_the_backend_factory() -> None:
     agent = make_agent("llm:scripted", strategy="likert", backend_options={"reply": "CONFIDENCE: 2"})
     assert isinstance(agent, LLMAgent) and agent.strategy == "likert"

@@ -13,6 +13,15 @@ def test_agent_name_forms() -> None:
     assert heldout.agent_name("smollm2") == ("smollm2", "smollm2")
     assert heldout.agent_name("sft=llm:hf:runs/x/model") == ("sft", "llm:hf:runs/x/model")
     assert heldout.agent_name("llm:hf:runs/x/policy") == ("llm_hf_runs_x_policy", "llm:hf:runs/x/policy")
+    assert heldout.agent_name("llm:hf:a+decisions=hf:b") == ("llm_hf_a_decisions_hf_b", "llm:hf:a+decisions=hf:b")
+    assert heldout.agent_name("mix=llm:hf:a+decisions=hf:b") == ("mix", "llm:hf:a+decisions=hf:b")
+
+
+def test_a_decisions_spec_runs_with_a_separate_decision_model(tmp_path: Path) -> None:
+    heldout.run_heldout(agents=["mix=llm:scripted+decisions=scripted"], sources=["builtin"], limit=1, runs_dir=tmp_path,
+                        max_questions=1)
+    config = json.loads((tmp_path / "mix-builtin" / "manifest.json").read_text())["config"]
+    assert (config["agent"], config["decision_model"]) == ("llm:scripted", "scripted")
 
 
 def test_three_agents_are_compared_pairwise_in_order(tmp_path: Path) -> None:
