@@ -8,6 +8,9 @@ fixed in-character request for one specific question (:data:`ASK_ONE_QUESTION`) 
 The rules are deliberately about *form*, never about which facts the case holds, so they cannot leak
 anything about the case. They were written against the adversarial probes of the calibration half of the
 probe set (``benchmarks/data/probes``) and the real clinician questions' style; the test half measures them.
+A second round added 123 calibration actions in the forms that had leaked on the test half, and 90 test
+actions written blind before the rules changed (held 91.1% before, 93.3% after: README, "The question gate,
+attacked again").
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 __all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question"]
 
@@ -35,8 +40,10 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
 # Words that open a question or a request to the patient. Auxiliaries cover yes/no questions ("Do you…",
 # "Has it…"); "any"/"anything" cover the clipped clinical style ("Any fever?").
 _INTERROGATIVE = frozenset(
-    ["what", "when", "where", "which", "who", "whom", "whose", "why", "how", "do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "would", "will", "should", "shall", "may", "might", "must", "any", "anything", "have", "anyone"]
+    ["what", "when", "where", "which", "who", "whom", "whose", "why", "how", "do", "does", "did", "are", "is", "was", "were", "have", "has", "had", "can", "could", "would", "will", "should", "shall", "may", "might", "must", "any", "anything", "have", "anyone", "whether"]
 )
+_WH = frozenset(["what", "when", "where", "which", "who", "why", "how"])
+_SUBJECT_WORDS = frozenset(["you", "i", "we", "he", "she", "they", "it"])
 _REQUEST = frozenset(["tell", "describe", "explain", "show", "let", "give", "walk", "talk", "list", "share"])
 _FUNCTION = frozenset(
     ["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with", "from", "about", "as", "into", "over", "after", "before", "since", "than", "i", "you", "your", "yours", "he", "she", "it", "they", "them", "their", "his", "her", "its", "we", "our", "my", "me", "this", "that", "these", "those", "there", "here", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has", "had", "can", "could", "would", "will", "should", "may", "might", "must", "not", "no", "any", "some", "how", "what", "when", "where", "which", "who", "why", "if", "so"]
@@ -61,27 +68,52 @@ _OPTION_LETTER = re.compile(
     r"|\b(?i:is\s+it|it's|it\s+is|answer\s+is|go\s+with|pick|choose)\s+\(?[A-J]\)?(?=[\s,.?!)]|$)"
     r"|\b(?i:the\s+(?:right|correct|real|final|true)\s+(?:answer|diagnosis)|the\s+answer\b|which\s+(?:option|choice|one\s+is)))",
 )
+# Forms that put a diagnosis, a finding or a treatment to the patient instead of asking about them. They only
+# reject an action that also names an option (:func:`_names_option`): "Is it worse at night?" has the form too.
 _GUESS = re.compile(
-    r"\b(?:is\s+(?:it|this|that)|could\s+(?:it|this|that)\s+be|might\s+(?:it|this|that)\s+be|"
-    r"(?:do|did)\s+you\s+think|have\s+you\s+(?:got|been\s+diagnosed\s+with)|"
-    r"are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|sounds\s+like|probably|the\s+answer|diagnosis|"
-    r"shall\s+(?:we|i)|should\s+(?:we|i)|let's|would\s+.{1,60}\s+(?:help|work|fix|cure|be\s+(?:the\s+)?(?:right|best|correct))|"
-    r"right\s+(?:choice|option|treatment|drug|medicine)|best\s+(?:choice|option|treatment))\b",
+    r"\b(?:is\s+(?:it|this|that)|(?:could|might|may)\s+(?:it|this|that)\s+be|"
+    r"(?:could|might|may)\s+.{1,60}?\s+(?:be|have\s+been)\b|"
+    r"(?:do|did)\s+you\s+(?:think|reckon|suppose|believe)|would\s+you\s+say|"
+    r"have\s+you\s+(?:got|been\s+diagnosed\s+with)|are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|"
+    r"(?:sounds?|looks?)\s+(?:more\s+|most\s+)?like|probably|the\s+answer|diagnosis|"
+    r"shall\s+(?:we|i)|should\s+(?:we|i)|let's|what\s+you\s+need|"
+    r"explains?|account\s+for|be\s+(?:causing|behind|responsible)|"
+    r"the\s+(?:finding|result|sign|cause|explanation|treatment)\s+(?:we're|we\s+are|you're|you\s+are|to\s+expect)|"
+    r"would\s+.{1,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|be\s+(?:the\s+)?(?:right|best|correct|ideal|wisest|way))|"
+    r"(?:right|best|correct|good)\s+(?:choice|option|treatment|drug|medicine|idea|plan|step|move))\b",
+    re.I,
+)
+# A plan put to the patient ("Should we start…?", "Would you rather we…?"): the patient's facts hold their
+# history, not the doctor's next step, so such an action is a probe at the treatment options whatever it names.
+_PLAN = re.compile(
+    r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to)\b|\blet's\b"
+    r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
+    r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b",
     re.I,
 )
 _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
-# A new interrogative clause inside the action: after a question mark, a semicolon, or a conjunction
-# ("…, and did it start suddenly?"). One question with an "or" between two nouns is not matched.
+# A new interrogative clause inside the action: after a question mark or a semicolon; after a conjunction
+# that opens a new question ("…, and did it start suddenly?", "…, and if so, did you…", "…, and roughly how
+# much…"; without a comma only before a pronoun or possessive: "…and are his eyes red?"); or after a joining
+# phrase that brings in an embedded question ("…, as well as whether…", "…, along with which…"). One
+# question with an "or" between two nouns is not matched, nor "Do you also have…" or "…and have her leave".
+_SUBJECT = r"(?:you|it|he|she|they|there|this|that|the|your|his|their|my|our|anyone|we|i)\b"
+_NOT_WHAT_IT_SHOWED = r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
+_AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
+_WH_RE = r"(?:what|when|where|which|who|why|how)\s"
 _CLAUSE_BREAK = re.compile(
-    r"\?+\s*|;\s*|,?\s+(?:and|also|plus|then)\s+"
-    r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
-    r"(?=(?:(?:{})\s+(?:you|it|he|she|they|there|this|that|the|your|anyone|we|i)\b|(?:what|when|where|which|who|why|how)\s))".format(
-        "|".join(sorted(_AUX))
-    ),
+    r"\?+\s*|;\s*"
+    r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
+    r"|,?\s+(?:and|plus|also)\s+(?=whether\b)"
+    r"|,\s+(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
+    + r"(?=" + _AUX_RE + r"\s+[a-z]|" + _WH_RE + ")"
+    r"|\s+(?:and|also|plus|then)\s+" + _NOT_WHAT_IT_SHOWED + r"(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")",
     re.I,
 )
-# "Did he fall or hurt himself?" and "Is it sharp, or is it dull?" offer alternatives within one question,
-# so "or" never starts a new clause.
+# "Did he fall or hurt himself?" and "Is it sharp, or does it come and go?" offer alternatives within one
+# question, so "or" never starts a new clause. The price: "Is she drooling, or could she have swallowed
+# something?" passes. Splitting ", or <auxiliary> <subject>" caught it but turned away 5 of the 932 honest
+# calibration probes ("Do you smoke now, or have you smoked in the past?"), which cost more than it saves.
 _CONTRACTION = {
     "what's": "what", "how's": "how", "where's": "where", "who's": "who", "when's": "when", "that's": "that",
     "isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "don't": "do", "doesn't": "does",
@@ -120,6 +152,10 @@ def _is_question_clause(words: list[str], raw: str) -> bool:
     if not words:
         return False
     first = words[0]
+    # "What you have is dysthymia." / "How you feel matters.": a wh-word followed by its subject, with no
+    # question mark, opens a statement, not a question.
+    if first in _WH and len(words) > 1 and words[1] in _SUBJECT_WORDS and not raw.rstrip().endswith("?"):
+        return False
     if first in _INTERROGATIVE or first in _REQUEST:
         return True
     if first in ("please", "so", "and", "also", "now", "okay", "ok", "well", "then", "doctor", "sir", "ma'am") and len(words) > 1:
@@ -141,16 +177,31 @@ def _clauses(text: str) -> list[str]:
     return [p for p in parts if _words(p)]
 
 
+@lru_cache(maxsize=1)
+def _stemmer() -> Any:
+    import Stemmer  # PyStemmer (a dependency): "lenses" and "lens", "taking" and "take" meet
+
+    return Stemmer.Stemmer("english")
+
+
+def _stems(text: str) -> set[str]:
+    return set(_stemmer().stemWords(_content(_words(text))))
+
+
 def _names_option(text: str, options: Mapping[str, str]) -> bool:
-    """The action guesses at an option: it names one's text in a diagnostic-guess form."""
+    """The action guesses at an option: a guess form (:data:`_GUESS`) naming an option — most of a short
+    option's words ("Could this be sleep paralysis?"), or, for the sentence-long options of some datasets, at
+    least two words that make up half of the action's own ("Would taking iron every day be best?")."""
+    if not _GUESS.search(text):
+        return False
     lowered = text.lower()
-    words = set(_content(_words(text)))
+    mine = _stems(text)
     for option in options.values():
-        opt_words = _content(_words(option))
-        if not opt_words:
+        theirs = _stems(option)
+        if not theirs:
             continue
-        overlap = sum(w in words for w in opt_words) / len(opt_words)
-        if (overlap >= 0.75 or option.lower() in lowered) and _GUESS.search(text):
+        shared = len(mine & theirs)
+        if option.lower() in lowered or shared / len(theirs) >= 0.75 or (shared >= 2 and shared / max(len(mine), 1) >= 0.5):
             return True
     return False
 
@@ -161,7 +212,7 @@ def check_question(action: str, options: Mapping[str, str] | None = None) -> Gat
     words = _words(text)
     if not words:
         return GateVerdict(False, "empty")
-    if _OPTION_LETTER.search(text) or (options and _names_option(text, options)):
+    if _OPTION_LETTER.search(text) or _PLAN.search(text) or (options and _names_option(text, options)):
         return GateVerdict(False, "option")
     content = _content(words)
     counts: dict[str, int] = {}

@@ -26,6 +26,11 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Was your urine tested, and what did it show?",
         "Have you had a seizure before?",
         "Are you having any other symptoms, like numbness or weakness?",
+        "Do you also have a sore throat?",
+        "When you cough, does it hurt?",
+        "Is it sharp, or is it dull?",
+        "Do you think the pain is getting worse?",
+        "Have you had your blood pressure checked, and what was it?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -55,7 +60,16 @@ def test_real_questions_pass(question: str) -> None:
         ("Is it D, the last one?", "option"),
         ("What is the answer?", "option"),
         ("Could this be sleep paralysis?", "option"),
-        ("Would a seizure explain this?", "ok"),  # names an option without a guess form: a real question
+        ("Does he have a fever and are his eyes red?", "multi"),
+        ("Do you smoke, and if so, how much do you drink?", "multi"),
+        ("How often does it happen, along with which medicines you take?", "multi"),
+        ("Has your cough changed, as well as whether you have lost weight?", "multi"),
+        ("Did the rash come first, and roughly how long did the fever last?", "multi"),
+        ("Would a seizure explain this?", "option"),  # a hypothesis naming an option, not a question about the patient
+        ("Could the panic attacks be what is waking you?", "option"),
+        ("Should we start you on an inhaler?", "option"),  # a plan put to the patient, whatever it names
+        ("Would you rather we try rest first?", "option"),
+        ("What you have is a panic attack.", "statement"),
     ],
 )
 def test_non_questions_are_turned_away(action: str, reason: str) -> None:
