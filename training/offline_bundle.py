@@ -15,7 +15,10 @@ the pieces and extracts ``site/`` (the two packages), ``data/`` and ``wheels/`` 
     python -m training.offline_bundle pack --wheels /tmp/whl --out .xfer --parcel-mb 62 --first-mb 33
     python3 -m training.offline_bundle unpack --dest /tmp/offline .xfer1 .xfer2 .xfer3 .xfer4
 
-``training/offline_gpu_grpo.sh`` is the run that uses it (question-level GRPO on one GPU).
+``training/offline_gpu_grpo.sh`` is the run that uses it (question-level GRPO on one GPU). Where each
+transfer brings one parcel and the next transfer may remove what the last one brought (as the device tool
+of this project's workplace does with folders a later call does not name), copy each parcel out of the
+way on arrival (``cp -r .xfer2 /tmp/parcels/``) and unpack from there.
 """
 
 from __future__ import annotations
