@@ -174,8 +174,8 @@ def run_heldout(
     for agent, spec in named:
         pooled[agent] = []
         built = None  # one model load per agent, not one per source (the runner would load it each time)
+        agent_spec, _, decisions = spec.partition(DECISIONS)
         for source, path in case_files.items():
-            agent_spec, _, decisions = spec.partition(DECISIONS)
             config = BenchConfig(agent=agent_spec, cases=str(path), max_questions=max_questions, decision_model=decisions or None,
                                  modes=("interactive",), batch_size=batch_size)
             run_dir = runs_dir / f"{agent}-{source}"

@@ -32,6 +32,7 @@ import numpy as np
 from mediq_env.errors import ConfigError, MissingDependencyError
 from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
 from mediq_env.relevance import HEAD_PATH, RelevanceHead, demographic_answers, pair_features, strip_frame
+from mediq_env.stemming import english_stemmer
 
 if TYPE_CHECKING:
     from mediq_env.case import Case
@@ -144,24 +145,17 @@ _THESAURUS_GROUPS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer: a C stemmer, ~1 µs per word
-
-    return Stemmer.Stemmer("english")
-
-
 def tokenize(text: str) -> list[str]:
     """Lower-case, drop stop words, Porter-stem: the tokens the BM25 index is built on."""
     words = [w.replace("'", "") for w in _TOKEN.findall(text.lower()) if w not in _STOPWORDS]
-    return [s for s in _stemmer().stemWords(words) if s and s not in _STOPWORDS]
+    return [s for s in english_stemmer().stemWords(words) if s and s not in _STOPWORDS]
 
 
 @lru_cache(maxsize=1)
 def _thesaurus() -> dict[str, tuple[str, ...]]:
     groups: dict[str, set[str]] = {}
     for group in _THESAURUS_GROUPS:
-        stems = set(_stemmer().stemWords(list(group))) | set(group)
+        stems = set(english_stemmer().stemWords(list(group))) | set(group)
         for stem in stems:
             groups.setdefault(stem, set()).update(stems)
     return {k: tuple(sorted(v - {k})) for k, v in groups.items()}

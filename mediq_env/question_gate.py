@@ -29,7 +29,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+
+from mediq_env.stemming import english_stemmer
 
 __all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question"]
 
@@ -100,7 +101,7 @@ _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[
 _SUBJECT = r"(?:you|it|he|she|they|there|this|that|the|your|his|their|my|our|anyone|we|i)\b"
 _NOT_WHAT_IT_SHOWED = r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
 _AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
-_WH_RE = r"(?:what|when|where|which|who|why|how)\s"
+_WH_RE = "(?:" + "|".join(sorted(_WH)) + r")\s"
 _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
@@ -177,15 +178,10 @@ def _clauses(text: str) -> list[str]:
     return [p for p in parts if _words(p)]
 
 
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer (a dependency): "lenses" and "lens", "taking" and "take" meet
-
-    return Stemmer.Stemmer("english")
-
-
-def _stems(text: str) -> set[str]:
-    return set(_stemmer().stemWords(_content(_words(text))))
+@lru_cache(maxsize=4096)  # a case's options are matched on every question asked of it
+def _stems(text: str) -> frozenset[str]:
+    """Stemmed content words: "lenses" meets "lens", "taking" meets "take"."""
+    return frozenset(english_stemmer().stemWords(_content(_words(text))))
 
 
 def _names_option(text: str, options: Mapping[str, str]) -> bool:
