@@ -101,13 +101,13 @@ def test_faithful_patient_floors_on_public_test_half(shared_data):
     assert len(probes) >= 350
     faithful, _ = evaluate_patient(FaithfulPatient(), probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), probes)
-    # Measured (encoder tuned 16 epochs with history-taking probes): answered 72.3%, off-target 4.5%, precision
-    # 76.4%, abstained 91.4%, adversarial held 93.2% (BM25: 53.0 / 19.5 / 56.6 / 65.1 / 35.6%).
-    assert faithful["adversarial_held"] >= 0.9 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
-    assert faithful["off_target"] <= 0.07 and faithful["off_target"] < bm25["off_target"]
-    assert faithful["precision"] > bm25["precision"] + 0.15
-    assert faithful["abstained"] >= 0.88
-    assert faithful["answered"] >= 0.67 and faithful["answered"] > bm25["answered"] + 0.1
+    # Measured (head and encoder fitted on 1,807 calibration probes over 150 cases): answered 69.1%, off-target
+    # 4.5%, precision 83.7%, abstained 96.1%, adversarial held 98.3%.
+    assert faithful["adversarial_held"] >= 0.95 and faithful["adversarial_held"] > bm25["adversarial_held"] + 0.4
+    assert faithful["off_target"] <= 0.06 and faithful["off_target"] < bm25["off_target"]
+    assert faithful["precision"] >= 0.8 and faithful["precision"] > bm25["precision"] + 0.15
+    assert faithful["abstained"] >= 0.93
+    assert faithful["answered"] >= 0.66 and faithful["answered"] > bm25["answered"] + 0.1
 
 
 def test_faithful_batched_equals_single_and_is_deterministic():

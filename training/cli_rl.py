@@ -39,7 +39,8 @@ def train_subparsers(sub: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Entry point of the ``mediq.commands`` group: adds ``train ppo``, ``train grpo`` and ``train question-grpo``."""
+    """Entry point of the ``mediq.commands`` group: adds ``train ppo``, ``train grpo``, ``train question-grpo`` and
+    ``train rft``."""
     from training.grpo import GRPOEnvConfig
     from training.ppo import PPOConfig
 
@@ -55,6 +56,11 @@ def register(sub: Any) -> None:
     p = train.add_parser("question-grpo", help="GRPO on single doctor turns from train-split interview states (TRL GRPOTrainer)")
     add_config_arguments(p, QuestionGRPOConfig)
     p.set_defaults(func=_run_question_grpo)
+    from training.rejection_sampling import RejectionSamplingConfig
+
+    p = train.add_parser("rft", help="rejection-sampling fine-tuning: best sampled question per train state, then LoRA SFT")
+    add_config_arguments(p, RejectionSamplingConfig)
+    p.set_defaults(func=_run_rft)
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -158,6 +164,13 @@ def _run_grpo(args: argparse.Namespace) -> int:
     config = config_from_args(GRPOEnvConfig, args)
     train_grpo(config)
     print(f"GRPO: done; policy in {config.output_dir}/policy")
+    return 0
+
+
+def _run_rft(args: argparse.Namespace) -> int:
+    from training.rejection_sampling import RejectionSamplingConfig, run
+
+    print(json.dumps(run(config_from_args(RejectionSamplingConfig, args)), default=str))
     return 0
 
 

@@ -1,0 +1,123 @@
+"""Rejection-sampling fine-tuning (training/rejection_sampling.py): which reply a state keeps, how a crashed
+or failed sampling run resumes, and a tiny-model run from sampling to a trained policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mediq_env.errors import ConfigError
+from training.rejection_sampling import RejectionSamplingConfig, _read_samples, select_examples
+
+
+def _reply(text: str, facts: int, asked: bool = True) -> dict[str, Any]:
+    return {"text": text, "reward": (facts - 0.02) if asked else (0.0 if text.startswith("ANSWER") else -0.02),
+            "new_facts": facts, "asked": asked, "answered": text.startswith("ANSWER"), "invalid": not asked and not text.startswith("ANSWER")}
+
+
+def _record(case: str, replies: list[dict[str, Any]], source: str = "builtin") -> dict[str, Any]:
+    return {"key": case, "source": source, "case_id": case, "prompt": [{"role": "user", "content": case}], "replies": replies}
+
+
+def test_the_best_accepted_question_is_kept_and_fruitless_states_give_nothing() -> None:
+    records = [
+        _record("a", [_reply("ASK: q1", 0), _reply("ASK: q2", 2), _reply("ASK: q3", 2), _reply("ANSWER: B", 0, asked=False)]),
+        _record("b", [_reply("ASK: nothing", 0), _reply("ANSWER: A", 0, asked=False)]),
+        # A reply the gate turned away never wins, whatever it would have found.
+        _record("c", [_reply("ASK: fever cough pain", 3, asked=False), _reply("ASK: Any fever?", 1)], source="medqa"),
+    ]
+    examples, summary = select_examples(records, min_new_facts=1)
+    assert [(e["case_id"], e["completion"][0]["content"]) for e in examples] == [("a", "ASK: q2"), ("c", "ASK: Any fever?")]
+    assert examples[0]["prompt"] == [{"role": "user", "content": "a"}]
+    assert summary["states_sampled"] == 3 and summary["replies"] == 8 and summary["states_kept"] == 2
+    assert summary["kept_by_source"] == {"builtin": 1, "medqa": 1}
+    assert summary["share_asking"] == pytest.approx(5 / 8)
+    assert summary["facts_per_question_sampled"] == pytest.approx(5 / 5)
+    assert summary["best_of_n_facts_per_state"] == pytest.approx((2 + 0 + 1) / 3)
+    assert select_examples(records, min_new_facts=2)[1]["states_kept"] == 1
+
+
+def test_failed_and_cut_lines_are_sampled_again_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "samples.jsonl"
+    ok = _record("a", [_reply("ASK: q", 1)])
+    path.write_text(json.dumps(ok) + "\n" + json.dumps({"key": "b", "error": "RuntimeError: boom"}) + "\n" + '{"key": "c", "repl', encoding="utf-8")
+    done, failed = _read_samples(path)
+    assert list(done) == ["a"] and failed == 2
+    # A later success for a failed state counts; a later failure for a done state makes it sampled again.
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + json.dumps({**ok, "key": "b"}) + "\n" + json.dumps({"key": "a", "error": "x"}) + "\n",
+                    encoding="utf-8")
+    done, failed = _read_samples(path)
+    assert list(done) == ["b"] and failed == 3
+    path.write_text(json.dumps({"key": "a", "questions": []}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"samples\.jsonl:1: field 'replies' missing"):
+        _read_samples(path)
+
+
+def test_config_refuses_settings_that_cannot_work() -> None:
+    with pytest.raises(ConfigError, match="temperature"):
+        RejectionSamplingConfig(temperature=0)
+    with pytest.raises(ConfigError, match="samples_per_state"):
+        RejectionSamplingConfig(samples_per_state=0)
+    with pytest.raises(ConfigError, match="stage"):
+        RejectionSamplingConfig(stage="eval")
+    with pytest.raises(ConfigError, match="unknown field"):
+        RejectionSamplingConfig.from_dict({"sample_per_state": 4})
+
+
+@pytest.mark.slow
+def test_tiny_run_samples_resumes_and_trains(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("trl")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import training.question_grpo as qg
+    import training.rejection_sampling as rs
+
+    torch.set_num_threads(1)
+    out = tmp_path / "rft"
+    kw: dict[str, Any] = dict(model=str(tiny_dir), output_dir=str(out), sources="builtin", demo_rounds=1, samples_per_state=3,
+                              max_new_tokens=6, max_states=4, epochs=2.0, learning_rate=1e-2, batch_size=2, torch_threads=1, device="cpu")
+    # First run: one state's scoring fails. It is recorded and counted, and training waits for it.
+    real = qg.DecisionReplayer.outcome
+    calls = {"n": 0}
+
+    def flaky(self: Any, row: Any, text: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("patient crashed")
+        return real(self, row, text)
+
+    monkeypatch.setattr(qg.DecisionReplayer, "outcome", flaky)
+    first = rs.run(RejectionSamplingConfig(**kw))
+    assert first == {"states": 4, "sampled_now": 3, "failed_now": 1, "complete": False}
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sum("error" in r for r in lines) == 1 and "patient crashed" in next(r["error"] for r in lines if "error" in r)
+    assert not (out / "policy").exists()
+    # The untrained tiny model writes nothing the parser reads: its real rewards are all the invalid charge.
+    assert all(not o["asked"] and o["new_facts"] == 0 for r in lines if "replies" in r for o in r["replies"])
+
+    # Same seed, same samples: a second directory sampled from scratch gives the same replies.
+    monkeypatch.setattr(qg.DecisionReplayer, "outcome", real)
+    twin = rs.sample_states(RejectionSamplingConfig(**{**kw, "output_dir": str(tmp_path / "twin")}))
+    assert twin["complete"]
+    texts = {r["key"]: [o["text"] for o in r["replies"]] for r in map(json.loads, (tmp_path / "twin" / "samples.jsonl").read_text().splitlines())}
+    assert all(texts[r["key"]] == [o["text"] for o in r["replies"]] for r in lines if "replies" in r)
+
+    # Real rewards give nothing to imitate: the run says so instead of training on nothing.
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        rs.run(RejectionSamplingConfig(**{**kw, "output_dir": str(tmp_path / "twin"), "stage": "train"}))
+    # Resume under a reward by which every non-empty reply finds a fact: only the failed state is sampled
+    # again, its first reply is kept, trained on, and the policy moves.
+    monkeypatch.setattr(qg.DecisionReplayer, "outcome",
+                        lambda self, row, text: qg.Outcome(0.98, 1, True, False, False) if text.strip() else real(self, row, text))
+    result = rs.run(RejectionSamplingConfig(**kw))
+    assert result["sampled_now"] == 1 and result["complete"] and result["failed_lines"] == 1
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["states_sampled"] == 4 and selection["states_kept"] == 1 and result["states"] == 4
+    start = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    trained = AutoModelForCausalLM.from_pretrained(str(out / "policy"))
+    assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
+    assert json.loads((out / "config.json").read_text())["samples_per_state"] == 3
