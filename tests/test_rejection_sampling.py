@@ -63,7 +63,7 @@ def test_config_refuses_settings_that_cannot_work() -> None:
         RejectionSamplingConfig(samples_per_state=0)
     with pytest.raises(ConfigError, match="stage"):
         RejectionSamplingConfig(stage="eval")
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match="unknown RejectionSamplingConfig keys"):
         RejectionSamplingConfig.from_dict({"sample_per_state": 4})
 
 

@@ -33,7 +33,7 @@ import json
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,9 @@ class RejectionSamplingConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RejectionSamplingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"rejection sampling config: unknown field(s) {unknown}")
-        return cls(**dict(data))
+        from training.rl_common import dataclass_from_dict
+
+        return dataclass_from_dict(cls, data)
 
 
 def _state_key(row: Mapping[str, Any]) -> str:

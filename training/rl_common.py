@@ -57,6 +57,7 @@ __all__ = [
     "TurnLog",
     "TurnOutcome",
     "action_positions",
+    "dataclass_from_dict",
     "eos_token_ids",
     "explained_variance",
     "gae_advantages",
@@ -80,6 +81,15 @@ def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def dataclass_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """``cls(**data)`` for a config dataclass; an unknown key is an error naming it, not silently ignored."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}")
+    return cls(**dict(data))
 
 
 @dataclass
@@ -219,11 +229,7 @@ class EpisodeConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """Build from a dict (e.g. a JSON config file); unknown keys are an error, not silently ignored."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} keys {unknown}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
 
 # ---------------------------------------------------------------------------------------------------
