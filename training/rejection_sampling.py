@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mediq_env.errors import ConfigError
+from training.rl_common import dataclass_from_dict
 
 __all__ = ["RejectionSamplingConfig", "main", "run", "sample_states", "select_examples", "train_policy"]
 
@@ -89,13 +90,8 @@ class RejectionSamplingConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"rejection sampling: device must be auto, cpu or cuda, got {self.device!r}")
 
-    def source_list(self) -> list[str]:
-        return [s.strip() for s in self.sources.split(",") if s.strip()]
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RejectionSamplingConfig:
-        from training.rl_common import dataclass_from_dict
-
         return dataclass_from_dict(cls, data)
 
 
@@ -185,7 +181,7 @@ def sample_states(config: RejectionSamplingConfig) -> dict[str, Any]:
     env_config = QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir, max_questions=config.max_questions,
                                     demo_rounds=config.demo_rounds)
     replayer = DecisionReplayer(env_config)
-    rows = decision_states(config.source_list(), max_questions=config.max_questions, rounds=config.demo_rounds,
+    rows = decision_states(env_config.source_list(), max_questions=config.max_questions, rounds=config.demo_rounds,
                            data_dir=config.data_dir, patient=replayer.patient)
     order = list(range(len(rows)))
     random.Random(config.seed).shuffle(order)  # a capped or interrupted run still covers every source
