@@ -35,6 +35,7 @@ import numpy as np
 from benchmarks.metrics import paired_episode_diffs, summarise
 from benchmarks.probes import SOURCES, load_probes, source_path
 from mediq_env.case import load_cases
+from mediq_env.errors import ConfigError
 from mediq_env.question_gate import check_question
 from training.demos import doctor_split
 
@@ -109,6 +110,27 @@ def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dic
     }
 
 
+def _norm(question: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+
+
+def repeats(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Share of questions that restate an earlier question of their episode word for word (case and
+    punctuation aside), and how many different questions the doctor wrote in all. A repeat earns nothing: the
+    patient answers it as before; a doctor that repeats itself has stopped interviewing."""
+    flags: list[bool] = []
+    distinct: set[str] = set()
+    for e in episodes:
+        seen: set[str] = set()
+        for t in e.get("turns", []):
+            if t.get("action_type") == "question":
+                q = _norm(question_text(t.get("action")))
+                flags.append(q in seen)
+                seen.add(q)
+                distinct.add(q)
+    return {"mean": float(np.mean(flags)) if flags else None, "questions": len(flags), "distinct": len(distinct)}
+
+
 def _episodes(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "episodes.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -147,11 +169,15 @@ def run_heldout(
     data_dir: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    compare_with: str = "previous",
 ) -> dict[str, Any]:
     """Run every agent on every source's held-out cases (resuming finished runs) and pool the results.
 
     ``agents`` are ``name=spec`` or bare specs (:func:`agent_name`); each agent is compared, paired over the
-    same episodes, with the one listed before it (base → SFT → SFT+RL)."""
+    same episodes, with the one listed before it (``compare_with="previous"``: base → SFT → SFT+RL) or with
+    the first (``"first"``: several variants against one reference)."""
+    if compare_with not in ("previous", "first"):
+        raise ConfigError(f"compare_with must be 'previous' or 'first', got {compare_with!r}")
     from benchmarks.run import BenchConfig, build_agent, build_patient, run_benchmark
 
     case_files: dict[str, Path] = {}
@@ -205,12 +231,14 @@ def run_heldout(
             "facts_per_question": s["facts_per_question"],
             "fact_coverage": s["fact_coverage"],
             "gate_pass": gate_pass(episodes, options),
+            "repeats": repeats(episodes),
             "accuracy": s["accuracy"],
             "forced_answer_rate": s["forced_answer_rate"],
         }
     comparisons = []
     names = [n for n, _ in named]
-    for a, b in itertools.pairwise(names):
+    pairs = itertools.pairwise(names) if compare_with == "previous" else ((names[0], n) for n in names[1:])
+    for a, b in pairs:
         if not (pooled[a] and pooled[b]):
             continue
         ea, eb = ({e["case_id"]: e for e in pooled[x]} for x in (a, b))
@@ -228,6 +256,7 @@ def run_heldout(
         "specs": dict(named),
         "per_source": per_source,
         "comparisons": comparisons,
+        "compare_with": compare_with,
         "seconds": seconds,
         "patient": "faithful",
         "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
@@ -274,6 +303,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         ("questions passing the gate", lambda r: f"{r['gate_pass']['mean'] * 100:.1f}% of {r['gate_pass']['questions']}" if r["gate_pass"]["mean"] is not None else "—"),
         ("questions written by the model (not the checklist fallback)", lambda r: _share(r["gate_pass"].get("model_written"))),
         ("model-written questions passing the gate", lambda r: _share(r["gate_pass"].get("model_written_pass"))),
+        ("questions repeating an earlier one of the episode", lambda r: f"{r['repeats']['mean'] * 100:.1f}% of {r['repeats']['questions']}" if (r.get("repeats") or {}).get("mean") is not None else "—"),
+        ("different questions written", lambda r: str(r["repeats"]["distinct"]) if r.get("repeats") else "—"),
         ("forced-answer rate", lambda r: f"{r['forced_answer_rate'] * 100:.1f}%"),
         ("accuracy", lambda r: fmt_ci(r["accuracy"], pct=True)),
     ]
@@ -297,6 +328,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               "", "Reproduce: `python -m benchmarks.heldout --max-questions "
               f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "")
               + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
+              + ("" if result.get("compare_with", "previous") == "previous" else f" --compare-with {result['compare_with']}")
               + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
 
@@ -314,12 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--data-dir")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--compare-with", choices=("previous", "first"), default="previous",
+                        help="pair each agent with the one listed before it, or every agent with the first")
     args = parser.parse_args(argv)
     result = run_heldout(
         agents=[a.strip() for a in args.agents.split(",") if a.strip()],
         sources=[s.strip() for s in args.sources.split(",") if s.strip()],
         max_questions=args.max_questions, limit=args.limit, runs_dir=Path(args.runs_dir),
-        data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress,
+        data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress, compare_with=args.compare_with,
     )
     result["stem"] = args.stem
     out = Path(args.results_dir)

@@ -41,3 +41,20 @@ def test_three_agents_are_compared_pairwise_in_order(tmp_path: Path) -> None:
     md = heldout.to_markdown({**result, "stem": "x"})
     assert "`rand` = `random:1`" in md and "`rand` − `checklist` over the same 4 episodes" in md
     assert "facts revealed per question —" in md and "--stem x" in md
+    # Against the first instead: both variants paired with the reference; finished runs are only re-read.
+    first = heldout.run_heldout(agents=["now=answer-now", "checklist", "rand=random:1"], sources=["builtin"], limit=4,
+                                runs_dir=tmp_path, max_questions=3, compare_with="first")
+    assert [(c["base"], c["tuned"]) for c in first["comparisons"]] == [("now", "checklist"), ("now", "rand")]
+    assert first["seconds"] == {} and "--compare-with first" in heldout.to_markdown(first)
+
+
+def test_repeats_count_word_for_word_restatements_within_an_episode_only() -> None:
+    def ep(*questions: str) -> dict[str, object]:
+        return {"turns": [{"action_type": "question", "action": q} for q in questions] + [{"action_type": "answer", "action": {"answer": "A"}}]}
+
+    episodes = [ep("What was your blood pressure?", "what was your  blood pressure", {"question": "Any fever?"}),  # type: ignore[arg-type]
+                ep("What was your blood pressure?", "Any fever today?")]
+    r = heldout.repeats(episodes)
+    # One repeat in five questions: the same question in another episode is not a repeat.
+    assert r == {"mean": 0.2, "questions": 5, "distinct": 3}
+    assert heldout.repeats([ep()]) == {"mean": None, "questions": 0, "distinct": 0}

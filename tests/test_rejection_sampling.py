@@ -121,3 +121,51 @@ def test_tiny_run_samples_resumes_and_trains(tiny_dir: Path, tmp_path: Path, mon
     trained = AutoModelForCausalLM.from_pretrained(str(out / "policy"))
     assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
     assert json.loads((out / "config.json").read_text())["samples_per_state"] == 3
+
+
+class _ScriptedDoctor:
+    """Asks two fixed questions, then answers A; counts its calls (a reused states file must not call it)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def act(self, states: list[Any]) -> list[Any]:
+        from agents.base import AgentStep
+
+        self.calls += 1
+        script = ["Do you have a fever?", "How long have you had the cough?"]
+        return [AgentStep(script[s.questions_asked] if s.questions_asked < len(script) else {"answer": "A"}) for s in states]
+
+
+def test_policy_states_are_the_policys_own_interviews_and_replay_exactly(tmp_path: Path) -> None:
+    from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
+    from training.rejection_sampling import policy_states
+
+    replayer = DecisionReplayer(QuestionGRPOConfig(sources="builtin", max_questions=3))
+    config = RejectionSamplingConfig(model="scripted", output_dir=str(tmp_path), sources="builtin", states="policy", min_turn=1,
+                                     rollout_seeds=2)
+    doctor = _ScriptedDoctor()
+    rows = policy_states(config, replayer, doctor, batch_size=5)
+    train_cases = 22  # even-numbered built-in cases
+    # Turn 0 is skipped (min_turn 1); after one and after two questions the doctor could still ask.
+    assert len(rows) == 2 * train_cases * 2
+    assert {r["prefix"] for r in rows} == {json.dumps(["Do you have a fever?"]),
+                                           json.dumps(["Do you have a fever?", "How long have you had the cough?"])}
+    assert {r["seed"] for r in rows} == {0, 1} and all(r["case_id"].startswith("bi-") and int(r["case_id"][3:]) % 2 == 0 for r in rows)
+    for row in rows[:6]:
+        replayer.check(row)  # the replayed state gives back exactly the prompt the policy saw
+    assert {"Questions you may still ask: 1" in r["prompt"][-1]["content"] for r in rows} == {True, False}
+    # A resumed run reuses the file without playing again; a file rolled out by another policy is refused.
+    calls = doctor.calls
+    assert policy_states(config, replayer, doctor) == rows and doctor.calls == calls
+    with pytest.raises(ConfigError, match=r"states\.jsonl:1: field 'policy' is 'scripted'"):
+        policy_states(RejectionSamplingConfig(**{**config.__dict__, "model": "other"}), replayer, doctor)
+    # A forced answer (no questions left) is not a decision state.
+    short = RejectionSamplingConfig(model="scripted", output_dir=str(tmp_path / "short"), sources="builtin", states="policy",
+                                    max_questions=2, min_turn=0)
+    rows = policy_states(short, DecisionReplayer(QuestionGRPOConfig(sources="builtin", max_questions=2)), _ScriptedDoctor())
+    assert sorted({len(json.loads(r["prefix"])) for r in rows}) == [0, 1] and len(rows) == 2 * train_cases
+    with pytest.raises(ConfigError, match="min_turn"):
+        RejectionSamplingConfig(min_turn=3, max_questions=3)
+    with pytest.raises(ConfigError, match="states must be"):
+        RejectionSamplingConfig(states="mixed")

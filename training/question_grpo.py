@@ -155,6 +155,7 @@ class DecisionReplayer:
         self.patient = patient if patient is not None else default_patient()
         self.fmt = make_prompt_format("agent")
         self.envs: dict[str, Any] = {}
+        self.shuffle_options = config.shuffle_options  # policy rollouts build their envs the same way
         scorer = config.build_scorer()
         assert scorer is not None  # the config refuses scorer="none"
         for source in config.source_list():

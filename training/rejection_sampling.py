@@ -7,8 +7,12 @@ token of every reply; most replies in a group find nothing, so the push towards 
 is weak. Rejection sampling keeps exactly that reply and imitates it: a much stronger signal per sample,
 at the price of ignoring what failed (RAFT, Dong et al. 2023; ReST, Gulcehre et al. 2023).
 
-1. **States.** The train-split interview states of question-level GRPO (:func:`training.question_grpo.decision_states`),
-   each the agent's own ``decision_chat`` prompt, each checked to replay to its stored prompt.
+1. **States.** ``states="demos"``: the train-split interview states of question-level GRPO
+   (:func:`training.question_grpo.decision_states`), cut from team-written demonstrations. ``states="policy"``:
+   the states the starting policy itself reaches when it plays the train-split cases greedily, as it is deployed
+   (:func:`policy_states`) — a second round of expert iteration needs these, because a doctor trained only on
+   demonstration prefixes never saw its own earlier questions and repeats them (round one, ``question_rft.md``).
+   Either way each state is the agent's own ``decision_chat`` prompt, checked to replay to its stored prompt.
 2. **Sampling.** ``samples_per_state`` replies per state from the starting policy at ``temperature``, seeded
    per state (the same seed gives the same samples). Each reply is played from its state through the
    environment by :class:`training.question_grpo.DecisionReplayer`: the reward is that step's
@@ -40,7 +44,7 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["RejectionSamplingConfig", "main", "run", "sample_states", "select_examples", "train_policy"]
+__all__ = ["RejectionSamplingConfig", "main", "policy_states", "run", "sample_states", "select_examples", "train_policy"]
 
 
 @dataclass
@@ -73,10 +77,22 @@ class RejectionSamplingConfig:
     torch_threads: int | None = 2
     device: str = "auto"
     stage: str = "all"
+    # Where the states come from: "demos" (demonstration prefixes) or "policy" (the starting policy's own greedy
+    # interviews of the train cases, seeds 0..rollout_seeds-1, kept in states.jsonl so a resumed run reuses them).
+    states: str = "demos"
+    rollout_seeds: int = 1
+    # Only states after at least this many questions: turn 0 is the same state whichever source cut it.
+    min_turn: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in ("all", "sample", "train"):
             raise ConfigError(f"rejection sampling: stage must be all, sample or train, got {self.stage!r}")
+        if self.states not in ("demos", "policy"):
+            raise ConfigError(f"rejection sampling: states must be demos or policy, got {self.states!r}")
+        if isinstance(self.rollout_seeds, bool) or not isinstance(self.rollout_seeds, int) or self.rollout_seeds < 1:
+            raise ConfigError(f"rejection sampling: rollout_seeds must be an integer >= 1, got {self.rollout_seeds!r}")
+        if isinstance(self.min_turn, bool) or not isinstance(self.min_turn, int) or not 0 <= self.min_turn < self.max_questions:
+            raise ConfigError(f"rejection sampling: min_turn must be an integer in [0, max_questions), got {self.min_turn!r}")
         for name in ("samples_per_state", "max_new_tokens", "min_new_facts", "batch_size", "lora_r", "lora_alpha", "demo_rounds", "max_questions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -167,7 +183,94 @@ def _sample(model: Any, tokenizer: Any, prompt: Sequence[Mapping[str, str]], con
     return [tokenizer.decode(seq[start:], skip_special_tokens=True).strip() for seq in out]
 
 
-def sample_states(config: RejectionSamplingConfig) -> dict[str, Any]:
+_STATE_FIELDS = ("policy", "prompt", "source", "case_id", "seed", "max_questions", "prefix")
+
+
+def _read_policy_states(path: Path, model: str) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{n}: not JSON ({err.msg}); delete the file to roll the policy out again") from None
+        missing = [k for k in _STATE_FIELDS if k not in row]
+        if missing:
+            raise ConfigError(f"{path}:{n}: field {missing[0]!r} missing (not a states file of this tool)")
+        if row["policy"] != model:
+            raise ConfigError(f"{path}:{n}: field 'policy' is {row['policy']!r}, but this run samples from {model!r}; "
+                              "use another output_dir")
+        rows.append(row)
+    return rows
+
+
+def policy_states(config: RejectionSamplingConfig, replayer: Any, agent: Any = None, batch_size: int = 16) -> list[dict[str, Any]]:
+    """The decision states the starting policy reaches on the train-split cases, one row per state (same fields
+    as :func:`training.question_grpo.decision_states`).
+
+    Each case is played greedily by the agent as deployed (``llm:hf:<model>``, or ``agent``) for seeds
+    ``0..rollout_seeds-1``, in batches of separate environments built like the replayer's, so the stored
+    prompt is exactly what the policy saw. A state is kept when the doctor could still ask (not a forced
+    answer) after at least ``min_turn`` questions. Written to ``states.jsonl`` only once every episode is
+    played (a crash replays them: minutes, not hours); an existing file is reused."""
+    from agents.prompts import decision_chat
+    from benchmarks.heldout import question_text
+    from mediq_env.env import MediQEnv
+    from training.demos import split_cases
+
+    path = Path(config.output_dir) / "states.jsonl"
+    if path.exists():
+        return _read_policy_states(path, config.model)
+    if agent is None:
+        from agents import make_agent
+
+        agent = make_agent(f"llm:hf:{config.model}")
+    rows: list[dict[str, Any]] = []
+    played = 0
+    for source in config.sources.split(","):
+        source = source.strip()
+        cases, _probes = split_cases(source, "train", config.data_dir) if source else ([], {})
+        if not cases:
+            continue
+        specs = [(case.id, seed) for seed in range(config.rollout_seeds) for case in cases]
+        for start in range(0, len(specs), batch_size):
+            batch = specs[start:start + batch_size]
+            envs = [MediQEnv(cases, patient=replayer.patient, max_questions=config.max_questions,
+                             shuffle_options=replayer.shuffle_options) for _ in batch]
+            states = [env.reset(seed=seed, options={"case_id": cid})[1]["state"] for env, (cid, seed) in zip(envs, batch, strict=True)]
+            prefixes: list[list[str]] = [[] for _ in batch]
+            live = list(range(len(batch)))
+            while live:
+                steps = agent.act([states[i] for i in live])
+                still = []
+                for i, step in zip(live, steps, strict=True):
+                    cid, seed = batch[i]
+                    if states[i].questions_left > 0 and len(prefixes[i]) >= config.min_turn:
+                        rows.append({"policy": config.model, "prompt": [dict(m) for m in decision_chat(states[i], "implicit")],
+                                     "source": source, "case_id": cid, "seed": seed, "max_questions": config.max_questions,
+                                     "prefix": json.dumps(prefixes[i])})
+                    _obs, _r, terminated, truncated, info = envs[i].step(step.action)
+                    if info["action_type"] != "question":
+                        continue  # an answer ends the interview; an invalid action would not replay as a question
+                    prefixes[i].append(question_text(step.action))
+                    states[i] = info["state"]
+                    if not (terminated or truncated):
+                        still.append(i)
+                live = still
+            played += len(batch)
+            print(f"[rft] policy rollouts: {source} {min(start + batch_size, len(specs))}/{len(specs)} episodes, {len(rows)} states", flush=True)
+    if not rows:
+        raise ConfigError(f"no policy states in sources {config.sources!r} (is the data directory present? min_turn {config.min_turn})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    print(f"[rft] {played} policy episodes gave {len(rows)} states -> {path}", flush=True)
+    return rows
+
+
+def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[str, Any]:
     """Sample and score every state not yet in ``samples.jsonl``; returns progress counts."""
     from training.ppo import load_policy
     from training.question_grpo import DecisionReplayer, QuestionGRPOConfig, decision_states
@@ -181,8 +284,12 @@ def sample_states(config: RejectionSamplingConfig) -> dict[str, Any]:
     env_config = QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir, max_questions=config.max_questions,
                                     demo_rounds=config.demo_rounds)
     replayer = DecisionReplayer(env_config)
-    rows = decision_states(env_config.source_list(), max_questions=config.max_questions, rounds=config.demo_rounds,
-                           data_dir=config.data_dir, patient=replayer.patient)
+    if config.states == "policy":
+        rows = policy_states(config, replayer, agent)
+    else:
+        rows = decision_states(env_config.source_list(), max_questions=config.max_questions, rounds=config.demo_rounds,
+                               data_dir=config.data_dir, patient=replayer.patient)
+        rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
     order = list(range(len(rows)))
     random.Random(config.seed).shuffle(order)  # a capped or interrupted run still covers every source
     if config.max_states is not None:
