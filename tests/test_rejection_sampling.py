@@ -169,3 +169,53 @@ def test_policy_states_are_the_policys_own_interviews_and_replay_exactly(tmp_pat
         RejectionSamplingConfig(min_turn=3, max_questions=3)
     with pytest.raises(ConfigError, match="states must be"):
         RejectionSamplingConfig(states="mixed")
+
+
+def test_earlier_rounds_are_merged_rescored_by_todays_patient_and_trained_from_train_from(tmp_path: Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.question_grpo as qg
+    import training.rejection_sampling as rs
+    import training.sft as sft
+
+    def rec(case: str, *texts: str, facts: int = 1) -> dict[str, Any]:
+        key = json.dumps(["builtin", case, 0, 3, "[]"])
+        return {"key": key, "source": "builtin", "case_id": case, "prompt": [{"role": "user", "content": case}],
+                "replies": [_reply(t, facts) for t in texts]}
+
+    out, old = tmp_path / "round2", tmp_path / "round1.jsonl"
+    out.mkdir()
+    (out / "samples.jsonl").write_text(json.dumps(rec("bi-002", "ASK: Any fever?")) + "\n", encoding="utf-8")
+    # Round one sampled bi-002 too (the newer round's record wins) and bi-004, where its stored scores say the
+    # rash question found a fact; today's patient disagrees and the cough question is kept instead.
+    old.write_text(json.dumps(rec("bi-002", "ASK: Any rash?")) + "\n" + json.dumps(rec("bi-004", "ASK: Any rash?", "ASK: Any cough?")) + "\n",
+                   encoding="utf-8")
+
+    class Today:
+        def __init__(self, config: Any) -> None:
+            pass
+
+        def outcome(self, row: Any, text: str) -> Any:
+            assert row["case_id"] in ("bi-002", "bi-004") and row["prefix"] == "[]"
+            found = int("rash" not in text)
+            return qg.Outcome(found - 0.02, found, True, False, False)
+
+    seen: dict[str, Any] = {}
+
+    def fake_train(config: Any, examples: Any) -> str:
+        seen.update(model=config.model, examples=examples)
+        return "policy"
+
+    monkeypatch.setattr(qg, "DecisionReplayer", Today)
+    monkeypatch.setattr(sft, "train_sft", fake_train)
+    config = RejectionSamplingConfig(model="sampler", train_from="first-policy", output_dir=str(out), stage="train",
+                                     extra_samples=str(old), rescore=True)
+    result = rs.run(config)
+    assert seen["model"] == "first-policy"
+    assert sorted(e["completion"][0]["content"] for e in seen["examples"]) == ["ASK: Any cough?", "ASK: Any fever?"]
+    assert result["states_from"] == {"samples.jsonl": 1, str(old): 1} and result["rescored"] == {"replies": 3, "changed": 1}
+    assert json.loads((out / "selection.json").read_text())["states_kept"] == 2
+    # Without rescoring, the stored scores decide (the first of the tied replies), and a missing file is refused.
+    rs.run(RejectionSamplingConfig(**{**config.__dict__, "rescore": False}))
+    assert sorted(e["completion"][0]["content"] for e in seen["examples"]) == ["ASK: Any fever?", "ASK: Any rash?"]
+    with pytest.raises(ConfigError, match=r"extra_samples: .*nope\.jsonl does not exist"):
+        rs.run(RejectionSamplingConfig(**{**config.__dict__, "extra_samples": str(tmp_path / "nope.jsonl")}))

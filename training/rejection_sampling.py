@@ -44,7 +44,7 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["RejectionSamplingConfig", "main", "policy_states", "run", "sample_states", "select_examples", "train_policy"]
+__all__ = ["RejectionSamplingConfig", "main", "policy_states", "rescore", "run", "sample_states", "select_examples", "train_policy"]
 
 
 @dataclass
@@ -83,6 +83,13 @@ class RejectionSamplingConfig:
     rollout_seeds: int = 1
     # Only states after at least this many questions: turn 0 is the same state whichever source cut it.
     min_turn: int = 0
+    # Training: also select from these earlier rounds' samples.jsonl (comma-separated), replay every stored
+    # reply through the current environment first (rescore: a refitted patient changes which replies found a
+    # fact), and fine-tune train_from instead of the model sampled from (ReST: each round restarts from the
+    # first policy on everything kept so far, so later rounds cannot erode what earlier ones taught).
+    extra_samples: str = ""
+    rescore: bool = False
+    train_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in ("all", "sample", "train"):
@@ -338,21 +345,62 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def rescore(records: Sequence[Mapping[str, Any]], replayer: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The records with every reply replayed from its state through ``replayer``'s environment (the patient
+    of today, not the one that scored the samples), and how many replies changed their count of new facts."""
+    from training.question_grpo import Outcome
+
+    out: list[dict[str, Any]] = []
+    changed = replies = 0
+    for rec in records:
+        source, case_id, seed, max_questions, prefix = json.loads(rec["key"])
+        row = {"source": source, "case_id": case_id, "seed": seed, "max_questions": max_questions, "prefix": prefix}
+        new = []
+        for o in rec["replies"]:
+            result: Outcome = replayer.outcome(row, o["text"])
+            changed += result.new_facts != o["new_facts"] or result.asked != o["asked"]
+            replies += 1
+            new.append({"text": o["text"], **asdict(result)})
+        out.append({**rec, "replies": new})
+    return out, {"replies": replies, "changed": changed}
+
+
 def train_policy(config: RejectionSamplingConfig) -> dict[str, Any]:
-    """Select the examples from ``samples.jsonl`` and fine-tune; writes ``selection.json`` and ``policy/``."""
+    """Select the examples from ``samples.jsonl`` (and ``extra_samples``) and fine-tune; writes
+    ``selection.json`` and ``policy/``."""
     from training.config import LoraSettings, SFTTrainConfig
     from training.sft import train_sft
 
     out = Path(config.output_dir)
     done, failed = _read_samples(out / "samples.jsonl")
-    examples, summary = select_examples(list(done.values()), config.min_new_facts)
+    records = list(done.values())
+    sources = {"samples.jsonl": len(records)}
+    for extra in filter(None, (p.strip() for p in config.extra_samples.split(","))):
+        if not Path(extra).is_file():
+            raise ConfigError(f"extra_samples: {extra} does not exist")
+        more, more_failed = _read_samples(Path(extra))
+        clash = set(more) & {r["key"] for r in records}
+        records += [r for k, r in more.items() if k not in clash]  # a state sampled twice counts once: the newest round's
+        sources[extra] = len(more) - len(clash)
+        failed += more_failed
+    rescored = None
+    if config.rescore:
+        from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
+
+        replayer = DecisionReplayer(QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir,
+                                                       max_questions=config.max_questions, demo_rounds=config.demo_rounds))
+        records, rescored = rescore(records, replayer)
+    examples, summary = select_examples(records, config.min_new_facts)
     summary["failed_lines"] = failed
+    summary["states_from"] = sources
+    if rescored is not None:
+        summary["rescored"] = rescored
     (out / "selection.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"[rft] selection: {json.dumps(summary)}", flush=True)
     if not examples:
         raise ConfigError(f"{out / 'samples.jsonl'}: no sampled reply revealed {config.min_new_facts}+ new facts; nothing to train on")
     sft = SFTTrainConfig(
-        model=config.model, output_dir=out / "policy", learning_rate=config.learning_rate, epochs=config.epochs,
+        model=config.train_from or config.model, output_dir=out / "policy", learning_rate=config.learning_rate, epochs=config.epochs,
         batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, overwrite=True,
         lora=LoraSettings(r=config.lora_r, alpha=config.lora_alpha), device=config.device,  # type: ignore[arg-type]
         lr_scheduler="constant", logging_steps=5, progress=False,
