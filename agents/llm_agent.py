@@ -49,7 +49,14 @@ import numpy as np
 
 from agents.base import AgentStep, FallbackKind
 from agents.baselines import CHECKLIST, checklist_for, next_unasked
-from agents.parsing import AnswerParse, parse_answer_letter, parse_confidence, parse_decision, parse_question
+from agents.parsing import (
+    AnswerParse,
+    parse_answer_letter,
+    parse_confidence,
+    parse_decision,
+    parse_question,
+    question_key,
+)
 from agents.prompts import Strategy, answer_chat, decision_chat, question_chat
 from mediq_env import DialogueState
 from mediq_env.backends.base import Backend, Chat, SamplingParams
@@ -133,6 +140,7 @@ class LLMAgent:
         answer_params: SamplingParams | None = None,
         sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE,
         fallback_letter: str = "A",
+        redraw_repeats: int = 0,
         name: str | None = None,
     ) -> None:
         for role, b in (("backend", backend), ("question_backend", question_backend), ("decision_backend", decision_backend)):
@@ -144,6 +152,11 @@ class LLMAgent:
             raise ConfigError(f"self_consistency must be an integer >= 1, got {self_consistency!r}")
         if not sample_temperature > 0:
             raise ConfigError(f"sample_temperature must be > 0, got {sample_temperature}")
+        if isinstance(redraw_repeats, bool) or not isinstance(redraw_repeats, int) or redraw_repeats < 0:
+            raise ConfigError(f"redraw_repeats must be an integer >= 0, got {redraw_repeats!r}")
+        if redraw_repeats and (strategy != "implicit" or question_backend is not None):
+            raise ConfigError("redraw_repeats redraws the question written in the decision reply: it needs the implicit "
+                              "strategy and no separate question model")
         if not (isinstance(fallback_letter, str) and len(fallback_letter) == 1 and fallback_letter.isalpha()):
             raise ConfigError(f"fallback_letter must be a single letter, got {fallback_letter!r}")
         self.backend = backend
@@ -159,11 +172,14 @@ class LLMAgent:
         self.answer_params = answer_params or SamplingParams(max_new_tokens=24, temperature=0.0, seed=0, stop=("\n\n",))
         self.sample_temperature = float(sample_temperature)
         self.fallback_letter = fallback_letter.upper()
+        self.redraw_repeats = redraw_repeats
         label = strategy + ("+rationale" if rationale else "")
         if self.threshold is not None:
             label += f"@{self.threshold:g}"
         if self_consistency > 1:
             label += f", sc={self_consistency}"
+        if redraw_repeats:
+            label += f", redraw_repeats={redraw_repeats}"
         if question_backend is not None:
             label += f", questions={question_backend.model_id}"
         if decision_backend is not None:
@@ -237,6 +253,7 @@ class LLMAgent:
                     decision_texts[i].append(text)
             for i in open_idx:
                 decisions[i] = self._decide(states[i], decision_texts[i])
+        redraws = self._redraw_repeats(states, open_idx, decisions, decision_texts) if self.redraw_repeats else {}
 
         # Stage 3: questions, for the states that ask and have none usable yet.
         need = [
@@ -291,6 +308,8 @@ class LLMAgent:
                         fallbacks.append(why)
                         kinds.append("question_missing")
                     info.update(decision="ask", question_source=source)
+                    if self.redraw_repeats:
+                        info["question_redraws"], info["question_repeats"] = redraws.get(i, (0, False))
                     action = {"question": question}
                 else:
                     # With a separate decision model the letter is still the answering model's.
@@ -311,6 +330,37 @@ class LLMAgent:
             info["fallback_detail"] = "; ".join(fallbacks) if fallbacks else None
             steps.append(AgentStep(action, info))
         return steps
+
+    def _redraw_repeats(self, states: list[DialogueState], open_idx: list[int], decisions: dict[int, _Decision],
+                        decision_texts: dict[int, list[str]]) -> dict[int, tuple[int, bool]]:
+        """Draw the decision again, sampled, where its question restates an earlier question of the episode word
+        for word — a small model decoded greedily often copies its last question, and a repeat earns nothing.
+        Up to ``redraw_repeats`` draws (temperature ``sample_temperature``, seeds derived from the decision
+        seed, so runs reproduce); the first draw that asks a new question replaces the question, else the
+        repeat stands. Returns, per redrawn state, (draws taken, whether the question still repeats); the
+        benchmark counts both (``question_redraws`` in the summary)."""
+        asked = {i: {question_key(t.question) for t in states[i].turns} for i in open_idx}
+        todo = [i for i in open_idx if decisions[i].ask and question_key(decisions[i].question or "") in asked[i] - {""}]
+        result = {i: (0, True) for i in todo}
+        base = self.params.seed if self.params.seed is not None else 0
+        for r in range(self.redraw_repeats):
+            if not todo:
+                break
+            params = replace(self.params, temperature=self.sample_temperature, seed=derive_seed(base, 1000 + r))
+            chats = [decision_chat(states[i], self.strategy, rationale=self.rationale) for i in todo]
+            texts = self._generate(self.decision_backend or self.backend, chats, params)
+            left = []
+            for i, text in zip(todo, texts, strict=True):
+                decision_texts[i].append(text)
+                parsed = parse_decision(text, states[i].options)
+                if parsed.kind == "ask" and parsed.question and question_key(parsed.question) not in asked[i]:
+                    decisions[i] = replace(decisions[i], question=parsed.question)
+                    result[i] = (r + 1, False)
+                else:
+                    result[i] = (r + 1, True)
+                    left.append(i)
+            todo = left
+        return result
 
     def _question(self, state: DialogueState, decision: _Decision, text: str | None) -> tuple[str, str, str | None]:
         """The question to ask, where it came from, and the fallback reason if the checklist supplied it."""

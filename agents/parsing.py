@@ -42,6 +42,7 @@ __all__ = [
     "parse_confidence",
     "parse_decision",
     "parse_question",
+    "question_key",
 ]
 
 ConfidenceKind = Literal["binary", "numeric", "likert"]
@@ -540,3 +541,9 @@ def parse_decision(text: str, options: Mapping[str, str] | None = None) -> Decis
         return DecisionParse("answer", letter=parsed.letter, fallback=parsed.fallback)
     q = parse_question(text[marks[0].end() :])
     return DecisionParse("ask", question=q.question, fallback=q.fallback)
+
+
+def question_key(question: str) -> str:
+    """A question's words, lower-cased, without punctuation: two questions with the same key restate each other
+    word for word (what the agent's repeat redraws and the held-out repeat count compare)."""
+    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))

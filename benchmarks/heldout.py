@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.parsing import question_key
 from benchmarks.metrics import paired_episode_diffs, summarise
 from benchmarks.probes import SOURCES, load_probes, source_path
 from mediq_env.case import load_cases
@@ -110,10 +111,6 @@ def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dic
     }
 
 
-def _norm(question: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
-
-
 def repeats(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Share of questions that restate an earlier question of their episode word for word (case and
     punctuation aside), and how many different questions the doctor wrote in all. A repeat earns nothing: the
@@ -124,7 +121,7 @@ def repeats(episodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for t in e.get("turns", []):
             if t.get("action_type") == "question":
-                q = _norm(question_text(t.get("action")))
+                q = question_key(question_text(t.get("action")))
                 flags.append(q in seen)
                 seen.add(q)
                 distinct.add(q)
@@ -170,6 +167,7 @@ def run_heldout(
     batch_size: int = 16,
     progress: bool = False,
     compare_with: str = "previous",
+    redraw_repeats: int = 0,
 ) -> dict[str, Any]:
     """Run every agent on every source's held-out cases (resuming finished runs) and pool the results.
 
@@ -203,7 +201,7 @@ def run_heldout(
         agent_spec, _, decisions = spec.partition(DECISIONS)
         for source, path in case_files.items():
             config = BenchConfig(agent=agent_spec, cases=str(path), max_questions=max_questions, decision_model=decisions or None,
-                                 modes=("interactive",), batch_size=batch_size)
+                                 modes=("interactive",), batch_size=batch_size, redraw_repeats=redraw_repeats)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()
             resumed = _finished(run_dir, len(case_ids[source]))
@@ -232,6 +230,7 @@ def run_heldout(
             "fact_coverage": s["fact_coverage"],
             "gate_pass": gate_pass(episodes, options),
             "repeats": repeats(episodes),
+            "question_redraws": s.get("question_redraws"),
             "accuracy": s["accuracy"],
             "forced_answer_rate": s["forced_answer_rate"],
         }
@@ -257,6 +256,7 @@ def run_heldout(
         "per_source": per_source,
         "comparisons": comparisons,
         "compare_with": compare_with,
+        "redraw_repeats": redraw_repeats,
         "seconds": seconds,
         "patient": "faithful",
         "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
@@ -304,6 +304,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         ("questions written by the model (not the checklist fallback)", lambda r: _share(r["gate_pass"].get("model_written"))),
         ("model-written questions passing the gate", lambda r: _share(r["gate_pass"].get("model_written_pass"))),
         ("questions repeating an earlier one of the episode", lambda r: f"{r['repeats']['mean'] * 100:.1f}% of {r['repeats']['questions']}" if (r.get("repeats") or {}).get("mean") is not None else "—"),
+        ("questions redrawn (first choice repeated an earlier one)", lambda r: f"{r['question_redraws']['share'] * 100:.1f}% ({r['question_redraws']['still_repeating']} still repeat)" if r.get("question_redraws") else "—"),
         ("different questions written", lambda r: str(r["repeats"]["distinct"]) if r.get("repeats") else "—"),
         ("forced-answer rate", lambda r: f"{r['forced_answer_rate'] * 100:.1f}%"),
         ("accuracy", lambda r: fmt_ci(r["accuracy"], pct=True)),
@@ -329,6 +330,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "")
               + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
               + ("" if result.get("compare_with", "previous") == "previous" else f" --compare-with {result['compare_with']}")
+              + (f" --redraw-repeats {result['redraw_repeats']}" if result.get("redraw_repeats") else "")
               + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
 
@@ -348,12 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--compare-with", choices=("previous", "first"), default="previous",
                         help="pair each agent with the one listed before it, or every agent with the first")
+    parser.add_argument("--redraw-repeats", type=int, default=0, metavar="N",
+                        help="every LLM agent redraws a question that restates an earlier one, up to N times (benchmarks.run)")
     args = parser.parse_args(argv)
     result = run_heldout(
         agents=[a.strip() for a in args.agents.split(",") if a.strip()],
         sources=[s.strip() for s in args.sources.split(",") if s.strip()],
         max_questions=args.max_questions, limit=args.limit, runs_dir=Path(args.runs_dir),
         data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress, compare_with=args.compare_with,
+        redraw_repeats=args.redraw_repeats,
     )
     result["stem"] = args.stem
     out = Path(args.results_dir)

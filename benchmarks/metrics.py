@@ -31,6 +31,7 @@ __all__ = [
     "paired_bootstrap_diff",
     "paired_episode_diffs",
     "paired_ratio_diff",
+    "redraw_summary",
     "summarise",
     "wilson_interval",
 ]
@@ -297,6 +298,26 @@ def fallback_summary(episodes: Sequence[dict[str, Any]]) -> dict[str, Any] | Non
     return {"rate": with_fallback / turns, "by_kind": dict(sorted(by_kind.items())), "turns": turns, "turns_with_fallback": with_fallback}
 
 
+def redraw_summary(episodes: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """How many questions the agent redrew because they restated an earlier question word for word
+    (``LLMAgent(redraw_repeats=N)``), and how many still repeat after the last draw; None when the agent
+    does not redraw. A redrawn question is the model's own, but not its first choice: the summary says so."""
+    questions = redrawn = still = draws = 0
+    for e in episodes:
+        for turn in e.get("turns", []):
+            agent = turn.get("agent") or {}
+            if "question_redraws" not in agent:
+                continue
+            questions += 1
+            n = int(agent["question_redraws"])
+            draws += n
+            redrawn += n > 0
+            still += bool(agent.get("question_repeats")) and n > 0
+    if questions == 0:
+        return None
+    return {"questions": questions, "redrawn": redrawn, "share": redrawn / questions, "still_repeating": still, "draws": draws}
+
+
 def facts_per_question(episodes: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     """Mean number of new facts the patient revealed per question asked, over all questions of the episodes.
 
@@ -398,6 +419,9 @@ def summarise(
     fallback = fallback_summary(episodes)
     if fallback is not None:
         summary["fallback"] = fallback
+    redraws = redraw_summary(episodes)
+    if redraws is not None:
+        summary["question_redraws"] = redraws
     return nan_to_none(summary)
 
 

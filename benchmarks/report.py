@@ -86,6 +86,16 @@ def fallback_warning(s: dict[str, Any]) -> str | None:
     )
 
 
+def redraw_line(s: dict[str, Any]) -> str | None:
+    """One plain sentence on repeat redraws (``--redraw-repeats``), or None when the agent does not redraw."""
+    rd = s.get("question_redraws")
+    if rd is None:
+        return None
+    return (f"Repeat redraws: {rd['redrawn']} of {rd['questions']} questions ({_pct(rd['share'])}) were redrawn, sampled, because "
+            f"the model's first choice restated an earlier question word for word; {rd['still_repeating']} still repeated "
+            f"after the last draw ({rd['draws']} draws in all).")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The few lines a person wants after a run."""
     m = summary["modes"]
@@ -102,9 +112,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for mode in ("no_interaction", "full_information"):
         if mode in m:
             lines.append(f"{mode.replace('_', ' ')}: accuracy {_ci(m[mode]['accuracy'])}")
-    warning = fallback_warning(inter)
-    if warning:
-        lines.append(warning)
+    for extra in (redraw_line(inter), fallback_warning(inter)):
+        if extra:
+            lines.append(extra)
     return "\n".join(lines)
 
 
@@ -141,6 +151,8 @@ def markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
             f"Fallback rate: share of the agent's {fb['turns']} turns whose action came from a documented fallback, "
             f"not the model's own output; by kind: {fb['by_kind'] or 'none'}."
         )
+    if redraw_line(inter):
+        notes.append(str(redraw_line(inter)))
     out += ["", *notes] if notes else []
     ml = inter["majority_letter"]
     out += [

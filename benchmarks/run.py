@@ -94,6 +94,8 @@ def build_agent(config: BenchConfig) -> Any:
         "rationale": config.rationale,
         "self_consistency": config.self_consistency,
     }
+    if config.redraw_repeats:
+        kw["redraw_repeats"] = config.redraw_repeats
     if config.threshold is not None:
         kw["threshold"] = config.threshold
     if config.question_model:
@@ -606,6 +608,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--question-model", help="a separate backend for question generation (ALFA swaps only this)")
     p.add_argument("--decision-model", help="a separate backend for the ask-or-answer decision (and the question written "
                    "in it); every answer stays with --agent's model")
+    p.add_argument("--redraw-repeats", type=int, default=d.redraw_repeats, metavar="N",
+                   help="redraw (sampled, seeded) a question that restates an earlier one word for word, up to N times; "
+                   "the summary counts the redraws")
     p.add_argument("--patient", default=d.patient, help=" | ".join(PATIENTS))
     p.add_argument("--cases", help="cases file in any MediQ variant (default: the built-in cases)")
     p.add_argument("--skip-invalid", action="store_true",
@@ -680,6 +685,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         self_consistency=args.self_consistency,
         question_model=args.question_model,
         decision_model=args.decision_model,
+        redraw_repeats=args.redraw_repeats,
         patient=args.patient,
         cases=args.cases,
         initial_info=args.initial_info,

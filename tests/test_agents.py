@@ -672,3 +672,49 @@ def test_rollout_record_keeps_facts_known_at_reset() -> None:
     _start(old, {"case_id": "c1", "n_facts": 6, "option_order": ["A", "B"]})  # an env that does not report it
     assert old.n_facts_known is None
     assert EpisodeRecord.from_dict({k: v for k, v in record.to_dict().items() if k != "n_facts_known"}).n_facts_known is None
+
+
+def test_a_question_that_restates_an_earlier_one_is_redrawn_sampled_and_counted() -> None:
+    from benchmarks.metrics import redraw_summary
+    from benchmarks.report import redraw_line
+
+    asked = (Turn("What was your blood pressure?", "I'm not sure."),)
+    copy, fresh, stuck = (make_state(c, turns=asked) for c in ("copy", "fresh", "stuck"))
+    first = make_state("first")
+
+    def copier(params: SamplingParams) -> str:
+        # Greedy it copies its last question (new case and punctuation); the second sampled draw asks anew.
+        if params.temperature == 0:
+            return "ASK: what was your blood pressure"
+        return "ASK: Do you have a headache?" if params.seed == derive_seed(0, 1001) else "ASK: What was your blood pressure?"
+
+    table: dict[tuple[str, str], Reply] = {
+        ("decision", "copy"): copier,
+        ("decision", "fresh"): "ASK: Any chest pain?",
+        ("decision", "stuck"): "ASK: What was your blood pressure?",
+        ("decision", "first"): "ASK: What was your blood pressure?",
+    }
+    states = [copy, fresh, stuck, first]
+    backend = FakeBackend(states, table)
+    steps = LLMAgent(backend, redraw_repeats=3).act(states)  # type: ignore[arg-type]
+    assert [s.action for s in steps] == [{"question": "Do you have a headache?"}, {"question": "Any chest pain?"},
+                                         {"question": "What was your blood pressure?"}, {"question": "What was your blood pressure?"}]
+    assert [(s.info["question_redraws"], s.info["question_repeats"]) for s in steps] == [(2, False), (0, False), (3, True), (0, False)]
+    assert steps[0].info["raw"]["decision"][-1] == "ASK: Do you have a headache?" and steps[0].info["fallback"] is None
+    # Only the repeating states are redrawn, sampled and seeded: the copier twice, the stuck one three times.
+    redraw_calls = [(ids, p) for stages, ids, p in backend.calls if stages[0] == "decision" and p.temperature > 0]
+    assert [ids for ids, _ in redraw_calls] == [["copy", "stuck"], ["copy", "stuck"], ["stuck"]]
+    assert [p.seed for _, p in redraw_calls] == [derive_seed(0, 1000 + r) for r in range(3)]
+    # The summary and the report say how many questions were not the model's first choice.
+    episodes = [{"turns": [{"agent": s.info} for s in steps]}]
+    summary = redraw_summary(episodes)
+    assert summary == {"questions": 4, "redrawn": 2, "share": 0.5, "still_repeating": 1, "draws": 5}
+    assert redraw_line({"question_redraws": summary}) is not None and "2 of 4 questions" in str(redraw_line({"question_redraws": summary}))
+    # Off by default: no redraws, no field, nothing in the summary.
+    plain = LLMAgent(FakeBackend(states, table)).act(states)  # type: ignore[arg-type]
+    assert plain[0].action == {"question": "what was your blood pressure"} and "question_redraws" not in plain[0].info
+    assert redraw_summary([{"turns": [{"agent": s.info} for s in plain]}]) is None
+    with pytest.raises(ConfigError, match="implicit strategy"):
+        LLMAgent(backend, strategy="binary", redraw_repeats=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="redraw_repeats must be"):
+        LLMAgent(backend, redraw_repeats=-1)  # type: ignore[arg-type]
