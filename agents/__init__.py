@@ -32,6 +32,9 @@ __all__ = [
     "valid_agent_specs",
 ]
 
+#: How many times the shipped doctor ('llm:smollm2') redraws a question that restates an earlier one.
+SHIPPED_REDRAW_REPEATS = 4
+
 BASELINE_SPECS = (
     "'answer-now' or 'answer-now:<letter>'",
     "'checklist'",
@@ -39,7 +42,8 @@ BASELINE_SPECS = (
 )
 AGENT_SPECS = (
     *BASELINE_SPECS,
-    "'llm:<backend spec>' (e.g. 'llm:smollm2' (with the shipped doctor adapter), 'llm:smollm2-base', 'llm:hf:<model>')",
+    "'llm:<backend spec>' (e.g. 'llm:smollm2' (the shipped doctor: SFT answers, RFT decides and asks, repeats redrawn), "
+    "'llm:smollm2-sft' (the SFT adapter alone), 'llm:smollm2-base', 'llm:hf:<model>')",
 )
 
 
@@ -101,6 +105,13 @@ def make_agent(spec: str, **kw: Any) -> Agent:
             # LLM patients keep the base model (the adapter, trained on doctor prompts only, degrades general
             # instruction following). 'llm:smollm2-base' is the untouched doctor.
             backend_options.setdefault("adapter", "default")
+            # The shipped doctor: the SFT model answers; the rejection-sampling adapter decides and writes the
+            # questions, and a question that restates an earlier one is redrawn (held-out figures in
+            # benchmarks/results/heldout_redraw.md). 'llm:smollm2-sft' is the SFT doctor alone.
+            kw.setdefault("decision_backend", "smollm2-rft")
+            kw.setdefault("decision_backend_options", {k: v for k, v in backend_options.items() if k != "adapter"})
+            if kw.get("redraw_repeats") is None:
+                kw["redraw_repeats"] = SHIPPED_REDRAW_REPEATS
         backend = make_backend(arg, **backend_options)
         others: dict[str, Any] = {}
         for role in ("question_backend", "decision_backend"):

@@ -49,8 +49,9 @@ class BenchConfig:
     self_consistency: int = 1
     question_model: str | None = None
     decision_model: str | None = None
-    # Redraw (sampled, seeded) a decision whose question restates an earlier one word for word, up to N times.
-    redraw_repeats: int = 0
+    # Redraw (sampled, seeded) a decision whose question restates an earlier one word for word, up to N times;
+    # None: the agent's own default (4 for the shipped doctor 'llm:smollm2', else 0).
+    redraw_repeats: int | None = None
     patient: str = "faithful"
     cases: str | None = None
     initial_info: str = "auto"
@@ -90,7 +91,7 @@ class BenchConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
-        if self.redraw_repeats < 0:
+        if self.redraw_repeats is not None and self.redraw_repeats < 0:
             raise ConfigError(f"redraw_repeats must be >= 0, got {self.redraw_repeats}")
         if self.self_consistency < 1:
             raise ConfigError(f"self_consistency must be >= 1, got {self.self_consistency}")

@@ -167,7 +167,7 @@ def run_heldout(
     batch_size: int = 16,
     progress: bool = False,
     compare_with: str = "previous",
-    redraw_repeats: int = 0,
+    redraw_repeats: int | None = None,
 ) -> dict[str, Any]:
     """Run every agent on every source's held-out cases (resuming finished runs) and pool the results.
 
@@ -330,7 +330,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"{result['max_questions']}" + (f" --limit {result['limit_per_source']}" if result["limit_per_source"] else "")
               + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
               + ("" if result.get("compare_with", "previous") == "previous" else f" --compare-with {result['compare_with']}")
-              + (f" --redraw-repeats {result['redraw_repeats']}" if result.get("redraw_repeats") else "")
+              + (f" --redraw-repeats {result['redraw_repeats']}" if result.get("redraw_repeats") is not None else "")
               + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
 
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--compare-with", choices=("previous", "first"), default="previous",
                         help="pair each agent with the one listed before it, or every agent with the first")
-    parser.add_argument("--redraw-repeats", type=int, default=0, metavar="N",
+    parser.add_argument("--redraw-repeats", type=int, metavar="N",
                         help="every LLM agent redraws a question that restates an earlier one, up to N times (benchmarks.run)")
     args = parser.parse_args(argv)
     result = run_heldout(

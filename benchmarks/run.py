@@ -94,7 +94,7 @@ def build_agent(config: BenchConfig) -> Any:
         "rationale": config.rationale,
         "self_consistency": config.self_consistency,
     }
-    if config.redraw_repeats:
+    if config.redraw_repeats is not None:
         kw["redraw_repeats"] = config.redraw_repeats
     if config.threshold is not None:
         kw["threshold"] = config.threshold
@@ -610,7 +610,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "in it); every answer stays with --agent's model")
     p.add_argument("--redraw-repeats", type=int, default=d.redraw_repeats, metavar="N",
                    help="redraw (sampled, seeded) a question that restates an earlier one word for word, up to N times; "
-                   "the summary counts the redraws")
+                   "the summary counts the redraws (default: the agent's own, 4 for the shipped doctor llm:smollm2, else 0)")
     p.add_argument("--patient", default=d.patient, help=" | ".join(PATIENTS))
     p.add_argument("--cases", help="cases file in any MediQ variant (default: the built-in cases)")
     p.add_argument("--skip-invalid", action="store_true",

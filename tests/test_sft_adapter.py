@@ -91,11 +91,39 @@ def test_doctor_smollm2_gets_the_adapter_and_smollm2_base_does_not(monkeypatch: 
         return ScriptedBackend(["ASK: Any fever?"], model_id="fake")
 
     monkeypatch.setattr(smollm, "SmolLM2Backend", fake)
-    assert isinstance(make_agent("llm:smollm2-base"), LLMAgent)
-    assert isinstance(make_agent("llm:smollm2"), LLMAgent)
-    build_agent(BenchConfig(agent="smollm2"))  # what `mediq bench --agent smollm2` builds
+    base = make_agent("llm:smollm2-base")
+    assert isinstance(base, LLMAgent) and base.decision_backend is None and base.redraw_repeats == 0
+    # The shipped doctor: the SFT model answers, the SFT+RFT model decides and asks, repeats are redrawn.
+    shipped = make_agent("llm:smollm2")
+    assert isinstance(shipped, LLMAgent) and shipped.decision_backend is not None and shipped.redraw_repeats == 4
+    sft = make_agent("llm:smollm2-sft")
+    assert isinstance(sft, LLMAgent) and sft.decision_backend is None and sft.redraw_repeats == 0
+    assert [kw.get("adapter", None) for kw in built] == [None, "default", "rft", "default"]
+    built.clear()
+    plain = build_agent(BenchConfig(agent="smollm2", redraw_repeats=0))  # `mediq bench --agent smollm2 --redraw-repeats 0`
+    assert plain.redraw_repeats == 0 and [kw.get("adapter") for kw in built] == ["default", "rft"]
     build_agent(BenchConfig(agent="smollm2-base"))
-    assert [kw.get("adapter", None) for kw in built] == [None, "default", "default", None]
+    assert [kw.get("adapter", None) for kw in built] == ["default", "rft", None]
+
+
+def test_the_rft_adapter_ships_verified_and_merges_on_top_of_the_sft_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediq_env.backends.smollm import NAMED_ADAPTERS, RFT_ADAPTER
+
+    digest = verify_adapter(RFT_ADAPTER)
+    assert (RFT_ADAPTER / "RECIPE.md").is_file() and (RFT_ADAPTER / ADAPTER_WEIGHTS).stat().st_size <= 15 * 1024 * 1024
+    assert NAMED_ADAPTERS["rft"] == (DEFAULT_ADAPTER, RFT_ADAPTER)
+    merged: list[str] = []
+
+    class Model:
+        device = "cpu"
+
+    monkeypatch.setattr(smollm, "load_smollm2", lambda *a, **k: (Model(), None))
+    monkeypatch.setattr(smollm, "merge_lora_adapter", lambda model, d: merged.append(Path(d).name) or 1)
+    monkeypatch.setattr(smollm.TransformersBackend, "__init__", lambda self, model, **kw: setattr(self, "model_id", kw["model_id"]))
+    backend = smollm.SmolLM2Backend(adapter="rft")
+    assert merged == ["smollm2-doctor", "smollm2-doctor-rft"]  # in order: the RFT update was trained on the SFT model
+    assert backend.model_id.endswith(f"+smollm2-doctor-rft-{digest[:8]}") and "+smollm2-doctor-" in backend.model_id
+    assert backend.adapters == (DEFAULT_ADAPTER, RFT_ADAPTER)
 
 
 @pytest.mark.skipif(not HAS_PEFT, reason="needs torch, transformers and peft (the train extra)")
@@ -155,3 +183,34 @@ def test_smollm2_has_the_adapter_and_smollm2_base_does_not() -> None:
     assert tuned_text != base_text
     # The tuned doctor follows the agent's protocol on a case it never saw in training.
     assert parse_decision(tuned_text, info["state"].options).kind in ("ask", "answer"), tuned_text
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="needs torch, transformers and peft (the train extra)")
+def test_a_merged_lora_fine_tune_is_recovered_as_an_adapter(tmp_path: Path) -> None:
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from mediq_env.backends.tiny import build_tiny_causal_lm
+    from mediq_env.errors import ConfigError
+    from training.lora_extract import extract_lora
+
+    start = build_tiny_causal_lm(tmp_path / "start")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(start),
+                                LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+    tuned_model = peft_model.merge_and_unload()
+    tuned_model.save_pretrained(str(tmp_path / "tuned"))
+    info = extract_lora(start, tmp_path / "tuned", tmp_path / "adapter", rank=2)
+    assert info["weights"] > 0 and info["max_relative_residual"] < 1e-4
+    # The recovered adapter, merged the way the backend merges shipped adapters, gives the tuned weights back.
+    ours = transformers.AutoModelForCausalLM.from_pretrained(start)
+    merge_lora_adapter(ours, tmp_path / "adapter")
+    expected = tuned_model.state_dict()
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5)
+    # Too low a rank cannot hold the update, and nothing changed is nothing to extract: both refused.
+    with pytest.raises(ConfigError, match="relative residual"):
+        extract_lora(start, tmp_path / "tuned", tmp_path / "low", rank=1)
+    with pytest.raises(ConfigError, match="nothing to extract"):
+        extract_lora(start, start, tmp_path / "same", rank=2)

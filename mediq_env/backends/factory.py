@@ -7,6 +7,9 @@ Spec forms (the prefix picks the implementation; everything after the first ``:`
                              (agent spec 'llm:smollm2') the agent factory adds the shipped LoRA adapter
                              (adapter="default"), as a judge or patient it is the model as distributed
     smollm2-base             the model as distributed, always (adapter=None): the untouched doctor
+    smollm2-sft              with the shipped SFT doctor adapter, always (adapter="default")
+    smollm2-rft              with the SFT adapter and the shipped rejection-sampling adapter on top, always
+                             (adapter="rft"): the shipped doctor's decision and question model
     hf:<hub-id-or-path>      transformers in-process
     vllm:<hub-id-or-path>    vLLM in-process (CUDA)
     openai:<model>           an OpenAI-compatible server; base_url= or $MEDIQ_OPENAI_BASE_URL
@@ -37,6 +40,8 @@ SPEC_FORMS = (
     "'scripted'",
     "'smollm2'",
     "'smollm2-base'",
+    "'smollm2-sft'",
+    "'smollm2-rft'",
     "'hf:<hub-id-or-path>'",
     "'vllm:<hub-id-or-path>'",
     "'openai:<model>' (with base_url= or $MEDIQ_OPENAI_BASE_URL)",
@@ -69,7 +74,7 @@ def make_backend(spec: str, **options: Any) -> Backend:
         replies = options.pop("replies", [options.pop("reply", DEFAULT_SCRIPTED_REPLY)])
         options.setdefault("cycle", True)
         backend = ScriptedBackend(replies, **options)
-    elif kind in ("smollm2", "smollm2-base") and not sep:
+    elif kind in ("smollm2", "smollm2-base", "smollm2-sft", "smollm2-rft") and not sep:
         from mediq_env.backends.smollm import SmolLM2Backend
 
         # ``cache_dir`` here means the response cache, so the model's conversion cache has its own name.
@@ -78,6 +83,8 @@ def make_backend(spec: str, **options: Any) -> Backend:
         if kind == "smollm2-base":
             # Always the untouched model, whatever the caller asks: the base side of base-vs-tuned comparisons.
             options["adapter"] = None
+        elif kind != "smollm2":
+            options["adapter"] = "default" if kind == "smollm2-sft" else "rft"
         backend = SmolLM2Backend(**options)
     elif kind in ("hf", "vllm", "openai"):
         if not target:

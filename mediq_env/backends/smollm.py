@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "DEFAULT_ADAPTER",
     "GGUF_NAME",
     "MODEL_ID",
+    "NAMED_ADAPTERS",
+    "RFT_ADAPTER",
     "AdapterChecksumError",
     "SmolLM2Backend",
     "SmolLM2NotInstalledError",
@@ -66,6 +69,10 @@ _CONVERSION_VERSION = 1
 
 #: The shipped doctor adapter (LoRA, fp16 safetensors) inside the package.
 DEFAULT_ADAPTER = Path(__file__).resolve().parents[1] / "data" / "adapters" / "smollm2-doctor"
+#: The rejection-sampling adapter for the doctor's decisions and questions, applied on top of DEFAULT_ADAPTER
+#: (``adapter="rft"``; recipe in its RECIPE.md).
+RFT_ADAPTER = DEFAULT_ADAPTER.with_name("smollm2-doctor-rft")
+NAMED_ADAPTERS: dict[str, tuple[Path, ...]] = {"default": (DEFAULT_ADAPTER,), "rft": (DEFAULT_ADAPTER, RFT_ADAPTER)}
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKSUMS = "SHA256SUMS"
@@ -323,9 +330,11 @@ class SmolLM2Backend(TransformersBackend):
     """:class:`TransformersBackend` over the offline SmolLM2-135M-Instruct (``model_id`` ``SmolLM2-135M-Instruct``).
 
     ``adapter``: None (default: the base model), ``"default"`` (the shipped doctor adapter, verified and
-    merged at load), or the path of another LoRA adapter directory with a ``SHA256SUMS``. The ``model_id`` names the
-    adapter and the first 8 hex digits of its weights' sha256 (``SmolLM2-135M-Instruct+smollm2-doctor-1a2b3c4d``),
-    so response caches and run directories never mix the base and a tuned model, or two adapters.
+    merged at load), ``"rft"`` (that adapter, then the shipped rejection-sampling adapter on top), the path of
+    another LoRA adapter directory with a ``SHA256SUMS``, or a sequence of those, merged in order. The
+    ``model_id`` names each adapter and the first 8 hex digits of its weights' sha256
+    (``SmolLM2-135M-Instruct+smollm2-doctor-1a2b3c4d``), so response caches and run directories never mix the
+    base and a tuned model, or two adapters.
 
     Keyword arguments: ``cache_dir`` (see :func:`load_smollm2`), ``device``/``dtype`` (default ``"auto"``:
     GPU + bfloat16 when available, else CPU + float32), and any other :class:`TransformersBackend` option
@@ -339,17 +348,19 @@ class SmolLM2Backend(TransformersBackend):
         cache_dir: str | Path | None = None,
         device: str | None = "auto",
         dtype: Any = "auto",
-        adapter: str | Path | None = None,
+        adapter: str | Path | Sequence[str | Path] | None = None,
         **kwargs: Any,
     ) -> None:
-        adapter_dir = DEFAULT_ADAPTER if adapter == "default" else (Path(adapter) if adapter is not None else None)
+        items = [] if adapter is None else [adapter] if isinstance(adapter, (str, Path)) else list(adapter)
+        dirs = [d for a in items for d in (NAMED_ADAPTERS[a] if isinstance(a, str) and a in NAMED_ADAPTERS else (Path(a),))]
         # Verify before the (slower) model load, so a damaged install fails at once.
-        digest = verify_adapter(adapter_dir) if adapter_dir is not None else None
+        digests = [verify_adapter(d) for d in dirs]
         model, tokenizer = load_smollm2(cache_dir, device=device, dtype=dtype)
         model_id = MODEL_ID
-        if adapter_dir is not None and digest is not None:
-            merge_lora_adapter(model, adapter_dir)
-            model_id = f"{MODEL_ID}+{adapter_dir.name}-{digest[:8]}"
-        self.adapter = adapter_dir
+        for d, digest in zip(dirs, digests, strict=True):
+            merge_lora_adapter(model, d)
+            model_id += f"+{d.name}-{digest[:8]}"
+        self.adapter = dirs[-1] if dirs else None
+        self.adapters = tuple(dirs)
         kwargs.setdefault("model_id", model_id)
         super().__init__(model, tokenizer=tokenizer, **kwargs)
