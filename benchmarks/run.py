@@ -567,6 +567,10 @@ def format_run_summary(summary: dict[str, Any], report: str | Path | None = None
             if fb["rate"] > FALLBACK_WARN_RATE:
                 lines.append(f"WARNING: more than {FALLBACK_WARN_RATE:.0%} of agent turns fell back to a default: the "
                              "numbers above describe the fallbacks as much as the model")
+        rd = inter.get("question_redraws")
+        if isinstance(rd, dict) and rd.get("questions"):
+            lines.append(f"repeat redraws: {rd['redrawn']} of {rd['questions']} questions ({rd['share']:.1%}) were drawn again, sampled, "
+                         f"because the model's first choice restated an earlier question; {rd['still_repeating']} still did")
         ml = inter["majority_letter"]
         lines.append(f"majority-letter baseline: {_pct(ml['accuracy'])} (always {ml['letter']} as shown); "
                      f"in the file's own lettering {_pct(ml['file_accuracy'])} (always {ml['file_letter']})")

@@ -605,8 +605,12 @@ def test_printed_summary_explains_itself(tmp_path: Path) -> None:
     full = next(line for line in lines if line.startswith("full information"))
     assert "coverage" not in full
     assert lines[-1] == f"report: {tmp_path / 'run' / 'report.md'}"
+    assert not any(line.startswith("repeat redraws") for line in lines)  # an agent that does not redraw
     inter["fallback"]["rate"] = 0.1
     assert "WARNING" not in format_run_summary(summary)
+    inter["question_redraws"] = {"questions": 132, "redrawn": 62, "share": 62 / 132, "still_repeating": 0, "draws": 79}
+    assert ("repeat redraws: 62 of 132 questions (47.0%) were drawn again, sampled, because the model's first choice "
+            "restated an earlier question; 0 still did") in format_run_summary(summary).splitlines()
 
 
 def test_main_prints_the_report_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
