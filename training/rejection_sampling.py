@@ -194,21 +194,16 @@ _STATE_FIELDS = ("policy", "prompt", "source", "case_id", "seed", "max_questions
 
 
 def _read_policy_states(path: Path, model: str) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{n}: not JSON ({err.msg}); delete the file to roll the policy out again") from None
+    from training.common import load_records  # names file and line for a line that is not JSON
+
+    rows = load_records(path)  # written by policy_states: one state a line, no blank lines
+    for n, row in enumerate(rows, 1):
         missing = [k for k in _STATE_FIELDS if k not in row]
         if missing:
             raise ConfigError(f"{path}:{n}: field {missing[0]!r} missing (not a states file of this tool)")
         if row["policy"] != model:
             raise ConfigError(f"{path}:{n}: field 'policy' is {row['policy']!r}, but this run samples from {model!r}; "
                               "use another output_dir")
-        rows.append(row)
     return rows
 
 
