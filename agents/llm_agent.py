@@ -123,6 +123,11 @@ class LLMAgent:
         question_params: sampling for the question stage (default greedy, 64 new tokens).
         sample_temperature: temperature of self-consistency samples when ``params`` is greedy.
         fallback_letter: the fixed letter answered when no answer parses at all.
+        redraw_repeats: when the decision's question restates an earlier question of the episode word for word,
+            draw the decision again, sampled at ``sample_temperature`` with seeds derived from ``params.seed``,
+            up to this many times (0: never). Needs the implicit strategy and no ``question_backend``. Each
+            asking turn records ``question_redraws`` and ``question_repeats`` in its info; the benchmark
+            summary counts them (``question_redraws``).
     """
 
     def __init__(
