@@ -1,8 +1,10 @@
 """A language-model doctor interviewing a language-model patient on built-in cases, transcripts printed.
 
-The doctor is a language model using MediQ's implicit strategy: by default the offline SmolLM2-135M with
-the shipped doctor adapter (``mediq_env/data/adapters/smollm2-doctor``, what ``--agent smollm2`` runs;
-``--backend smollm2-base`` is the untouched model, which follows no output format).
+The doctor is a language model using MediQ's implicit strategy: by default the shipped offline doctor, what
+``--agent smollm2`` runs: SmolLM2-135M with the SFT adapter (``mediq_env/data/adapters/smollm2-doctor``)
+answering, the rejection-sampling adapter on top of it (``smollm2-doctor-rft``) deciding and asking, and a
+question that restates an earlier one redrawn. ``--backend smollm2-sft`` is the SFT doctor alone;
+``--backend smollm2-base`` is the untouched model, which follows no output format.
 The patient is the faithful default (question-form gate, then a learned decision per fact, abstaining when
 none answers) or, with ``--patient llm``, the same language model selecting the facts that answer each
 question. All episodes run together: each turn is one batched generation per role.
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patient", choices=["faithful", "llm", "bm25"], default="faithful")
     args = parser.parse_args(argv)
 
-    # "llm:smollm2" loads the doctor adapter; an LLM patient gets the model as distributed (the adapter was
+    # "llm:smollm2" loads the doctor adapters; an LLM patient gets the model as distributed (the adapters were
     # trained on doctor prompts only), other backends are shared by both roles.
     agent = make_agent(f"llm:{args.backend}")
     assert isinstance(agent, LLMAgent)
