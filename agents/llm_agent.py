@@ -348,12 +348,12 @@ class LLMAgent:
         todo = [i for i in open_idx if decisions[i].ask and question_key(decisions[i].question or "") in asked[i] - {""}]
         result = {i: (0, True) for i in todo}
         base = self.params.seed if self.params.seed is not None else 0
+        chats = {i: decision_chat(states[i], self.strategy, rationale=self.rationale) for i in todo}
         for r in range(self.redraw_repeats):
             if not todo:
                 break
             params = replace(self.params, temperature=self.sample_temperature, seed=derive_seed(base, 1000 + r))
-            chats = [decision_chat(states[i], self.strategy, rationale=self.rationale) for i in todo]
-            texts = self._generate(self.decision_backend or self.backend, chats, params)
+            texts = self._generate(self.decision_backend or self.backend, [chats[i] for i in todo], params)
             left = []
             for i, text in zip(todo, texts, strict=True):
                 decision_texts[i].append(text)

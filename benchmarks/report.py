@@ -89,11 +89,10 @@ def fallback_warning(s: dict[str, Any]) -> str | None:
 def redraw_line(s: dict[str, Any]) -> str | None:
     """One plain sentence on repeat redraws (``--redraw-repeats``), or None when the agent does not redraw."""
     rd = s.get("question_redraws")
-    if rd is None:
+    if not isinstance(rd, dict) or not rd.get("questions"):
         return None
-    return (f"Repeat redraws: {rd['redrawn']} of {rd['questions']} questions ({_pct(rd['share'])}) were redrawn, sampled, because "
-            f"the model's first choice restated an earlier question word for word; {rd['still_repeating']} still repeated "
-            f"after the last draw ({rd['draws']} draws in all).")
+    return (f"repeat redraws: {rd['redrawn']} of {rd['questions']} questions ({_pct(rd['share'])}) were drawn again, sampled, "
+            f"because the model's first choice restated an earlier question; {rd['still_repeating']} still did")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

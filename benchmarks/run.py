@@ -532,6 +532,8 @@ def _number(x: Any) -> str:
 
 def format_run_summary(summary: dict[str, Any], report: str | Path | None = None) -> str:
     """What a person needs after a run, in plain words: how it went, what failed, how to read the numbers."""
+    from benchmarks.report import redraw_line
+
     m = summary["modes"]
     inter = m.get("interactive", {"episodes": 0, "failed": 0})
     cfg = summary["config"]
@@ -567,10 +569,9 @@ def format_run_summary(summary: dict[str, Any], report: str | Path | None = None
             if fb["rate"] > FALLBACK_WARN_RATE:
                 lines.append(f"WARNING: more than {FALLBACK_WARN_RATE:.0%} of agent turns fell back to a default: the "
                              "numbers above describe the fallbacks as much as the model")
-        rd = inter.get("question_redraws")
-        if isinstance(rd, dict) and rd.get("questions"):
-            lines.append(f"repeat redraws: {rd['redrawn']} of {rd['questions']} questions ({rd['share']:.1%}) were drawn again, sampled, "
-                         f"because the model's first choice restated an earlier question; {rd['still_repeating']} still did")
+        redraws = redraw_line(inter)
+        if redraws:
+            lines.append(redraws)
         ml = inter["majority_letter"]
         lines.append(f"majority-letter baseline: {_pct(ml['accuracy'])} (always {ml['letter']} as shown); "
                      f"in the file's own lettering {_pct(ml['file_accuracy'])} (always {ml['file_letter']})")

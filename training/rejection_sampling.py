@@ -96,11 +96,10 @@ class RejectionSamplingConfig:
             raise ConfigError(f"rejection sampling: stage must be all, sample or train, got {self.stage!r}")
         if self.states not in ("demos", "policy"):
             raise ConfigError(f"rejection sampling: states must be demos or policy, got {self.states!r}")
-        if isinstance(self.rollout_seeds, bool) or not isinstance(self.rollout_seeds, int) or self.rollout_seeds < 1:
-            raise ConfigError(f"rejection sampling: rollout_seeds must be an integer >= 1, got {self.rollout_seeds!r}")
         if isinstance(self.min_turn, bool) or not isinstance(self.min_turn, int) or not 0 <= self.min_turn < self.max_questions:
             raise ConfigError(f"rejection sampling: min_turn must be an integer in [0, max_questions), got {self.min_turn!r}")
-        for name in ("samples_per_state", "max_new_tokens", "min_new_facts", "batch_size", "lora_r", "lora_alpha", "demo_rounds", "max_questions"):
+        for name in ("samples_per_state", "max_new_tokens", "min_new_facts", "batch_size", "lora_r", "lora_alpha", "demo_rounds", "max_questions",
+                     "rollout_seeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"rejection sampling: {name} must be an integer >= 1, got {value!r}")
@@ -219,7 +218,6 @@ def policy_states(config: RejectionSamplingConfig, replayer: Any, agent: Any = N
     from agents.prompts import decision_chat
     from benchmarks.heldout import question_text
     from mediq_env.env import MediQEnv
-    from training.demos import split_cases
 
     path = Path(config.output_dir) / "states.jsonl"
     if path.exists():
@@ -230,16 +228,15 @@ def policy_states(config: RejectionSamplingConfig, replayer: Any, agent: Any = N
         agent = make_agent(f"llm:hf:{config.model}")
     rows: list[dict[str, Any]] = []
     played = 0
-    for source in config.sources.split(","):
-        source = source.strip()
-        cases, _probes = split_cases(source, "train", config.data_dir) if source else ([], {})
-        if not cases:
-            continue
+    for source, replay_env in replayer.envs.items():  # the sources that have train cases
+        cases = replay_env.unwrapped.cases
         specs = [(case.id, seed) for seed in range(config.rollout_seeds) for case in cases]
+        # One set of environments per source, reset for every batch (reset with a seed starts afresh).
+        pool = [MediQEnv(cases, patient=replayer.patient, max_questions=config.max_questions,
+                         shuffle_options=replayer.shuffle_options) for _ in range(min(batch_size, len(specs)))]
         for start in range(0, len(specs), batch_size):
             batch = specs[start:start + batch_size]
-            envs = [MediQEnv(cases, patient=replayer.patient, max_questions=config.max_questions,
-                             shuffle_options=replayer.shuffle_options) for _ in batch]
+            envs = pool[:len(batch)]
             states = [env.reset(seed=seed, options={"case_id": cid})[1]["state"] for env, (cid, seed) in zip(envs, batch, strict=True)]
             prefixes: list[list[str]] = [[] for _ in batch]
             live = list(range(len(batch)))
@@ -343,8 +340,6 @@ def _cuda() -> bool:
 def rescore(records: Sequence[Mapping[str, Any]], replayer: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The records with every reply replayed from its state through ``replayer``'s environment (the patient
     of today, not the one that scored the samples), and how many replies changed their count of new facts."""
-    from training.question_grpo import Outcome
-
     out: list[dict[str, Any]] = []
     changed = replies = 0
     for rec in records:
@@ -352,7 +347,7 @@ def rescore(records: Sequence[Mapping[str, Any]], replayer: Any) -> tuple[list[d
         row = {"source": source, "case_id": case_id, "seed": seed, "max_questions": max_questions, "prefix": prefix}
         new = []
         for o in rec["replies"]:
-            result: Outcome = replayer.outcome(row, o["text"])
+            result = replayer.outcome(row, o["text"])
             changed += result.new_facts != o["new_facts"] or result.asked != o["asked"]
             replies += 1
             new.append({"text": o["text"], **asdict(result)})
