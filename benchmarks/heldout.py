@@ -26,7 +26,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 from agents.parsing import question_key
 from benchmarks.metrics import paired_episode_diffs, summarise
 from benchmarks.probes import SOURCES, load_probes, source_path
+from mediq_env.actions import question_text
 from mediq_env.case import load_cases
 from mediq_env.errors import ConfigError
 from mediq_env.question_gate import check_question
@@ -85,13 +86,6 @@ def write_heldout_cases(source: str, out: Path, *, data_dir: str | None = None, 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ids
-
-
-def question_text(action: Any) -> str:
-    """The question of a recorded question action (the action itself, or its ``question`` field)."""
-    if isinstance(action, Mapping):
-        return str(action.get("question", ""))
-    return str(action)
 
 
 def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dict[str, str]]) -> dict[str, Any]:

@@ -25,13 +25,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ParsedAction", "normalise_option_text", "parse_action", "resolve_option"]
+__all__ = ["ParsedAction", "normalise_option_text", "parse_action", "question_text", "resolve_option"]
 
 _ANSWER_PREFIX = re.compile(r"^\s*(?:final\s+)?answer\s*[:=]\s*", re.I)
 _QUESTION_PREFIX = re.compile(r"^\s*question\s*[:=]\s*", re.I)
 # A letter alone, or followed by ")", "." or ":" and optionally the option text: "C", "(C)", "C) text".
 _LETTER = re.compile(r"^\(?([A-Ja-j])\)?(?:\s*[).:\-]\s*(.*))?\s*$", re.S)
 _SPACE = re.compile(r"\s+")
+
+
+def question_text(action: Any) -> str:
+    """The question of a question action as recorded (the string itself, or a dict's ``question`` field):
+    what replaying an interview steps again."""
+    if isinstance(action, Mapping):
+        return str(action.get("question", ""))
+    return str(action)
 
 
 def normalise_option_text(text: str) -> str:

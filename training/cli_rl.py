@@ -39,8 +39,8 @@ def train_subparsers(sub: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    """Entry point of the ``mediq.commands`` group: adds ``train ppo``, ``train grpo``, ``train question-grpo`` and
-    ``train rft``."""
+    """Entry point of the ``mediq.commands`` group: adds ``train ppo``, ``train grpo``, ``train question-grpo``,
+    ``train rft`` and ``train question-ppo``."""
     from training.grpo import GRPOEnvConfig
     from training.ppo import PPOConfig
 
@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     p = train.add_parser("rft", help="rejection-sampling fine-tuning: best sampled question per train state, then LoRA SFT")
     add_config_arguments(p, RejectionSamplingConfig)
     p.set_defaults(func=_run_rft)
+    from training.question_ppo import QuestionPPOConfig
+
+    p = train.add_parser("question-ppo", help="clipped PPO on sampled doctor turns (samples of `train rft --stage sample`), group-mean baseline")
+    add_config_arguments(p, QuestionPPOConfig)
+    p.set_defaults(func=_run_question_ppo)
 
 
 def _strip_optional(tp: Any) -> Any:
@@ -171,6 +176,15 @@ def _run_rft(args: argparse.Namespace) -> int:
     from training.rejection_sampling import RejectionSamplingConfig, run
 
     print(json.dumps(run(config_from_args(RejectionSamplingConfig, args)), default=str))
+    return 0
+
+
+def _run_question_ppo(args: argparse.Namespace) -> int:
+    from training.question_ppo import QuestionPPOConfig, train_question_ppo
+
+    config = config_from_args(QuestionPPOConfig, args)
+    result = train_question_ppo(config)
+    print(f"question-level PPO: {result['steps']} steps on {result['states_used']} states; policy in {config.output_dir}/policy")
     return 0
 
 

@@ -475,7 +475,7 @@ def ppo_config(opts: PipelineOptions, out: Path) -> Any:
 def question_stats(episodes: Sequence[Any], options: Mapping[str, Mapping[str, str]], info_gain_weight: float = 1.0) -> dict[str, float]:
     """Per-update question metrics of PPO episodes: new facts per question (from the ``proxy:info_gain``
     component, divided by its weight) and the share of questions that pass the patient's question gate."""
-    from benchmarks.heldout import question_text
+    from mediq_env.actions import question_text
     from mediq_env.question_gate import check_question
 
     facts = 0.0
@@ -679,7 +679,7 @@ class QuestionStatsEnv:
         return obs, info
 
     def step(self, actions: Sequence[Any]) -> list[Any]:
-        from benchmarks.heldout import question_text
+        from mediq_env.actions import question_text
         from mediq_env.question_gate import check_question
 
         active = list(self.inner.active)

@@ -216,7 +216,7 @@ def policy_states(config: RejectionSamplingConfig, replayer: Any, agent: Any = N
     answer) after at least ``min_turn`` questions. Written to ``states.jsonl`` only once every episode is
     played (a crash replays them: minutes, not hours); an existing file is reused."""
     from agents.prompts import decision_chat
-    from benchmarks.heldout import question_text
+    from mediq_env.actions import question_text
     from mediq_env.env import MediQEnv
 
     path = Path(config.output_dir) / "states.jsonl"
