@@ -154,6 +154,8 @@ def test_tiny_run_moves_towards_replies_that_found_facts_and_resumes_exactly(tin
         qp.train_question_ppo(QuestionPPOConfig(**kw, output_dir=str(tmp_path / "cut")))
     monkeypatch.setattr(JsonlLogger, "log", real_log)
     assert torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
+    with pytest.raises(ConfigError, match=r"state\.pt: field 'learning_rate' was 0\.005 .* now 0\.001"):
+        qp.train_question_ppo(QuestionPPOConfig(**{**kw, "learning_rate": 1e-3}, output_dir=str(tmp_path / "cut")))
     qp.train_question_ppo(QuestionPPOConfig(**kw, output_dir=str(tmp_path / "cut")))
     cut_curve = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [c["step"] for c in cut_curve] == [1, 2, 3, 4, 5, 6]

@@ -226,6 +226,12 @@ def _schedule(n_groups: int, config: QuestionPPOConfig) -> list[list[int]]:
     return steps
 
 
+def _update_settings(config: QuestionPPOConfig) -> dict[str, Any]:
+    """The settings a checkpoint is only valid for (the schedule, the samples, the loss, the adapter)."""
+    return {k: getattr(config, k) for k in ("model", "samples", "ref_model", "rescore", "epochs", "states_per_step", "learning_rate", "clip",
+                                             "kl_coef", "lora_r", "lora_alpha", "seed", "max_states")}
+
+
 def _device(config: QuestionPPOConfig) -> str:
     import torch
 
@@ -291,6 +297,11 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
     start_step = 0
     if (ckpt / "state.pt").exists():  # our own file: plain tensors and numbers, loaded without pickle's code paths
         state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
+        # A resumed run must take the steps the first run planned: settings that change the update are compared.
+        for key, value in _update_settings(config).items():
+            if state.get("settings", {}).get(key) != value:
+                raise ConfigError(f"{ckpt / 'state.pt'}: field {key!r} was {state.get('settings', {}).get(key)!r} when the checkpoint was "
+                                  f"written, now {value!r}; use another output_dir or the same settings")
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
@@ -329,7 +340,8 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
         if (step + 1) % config.save_steps == 0 and step + 1 < len(steps):
             ckpt.mkdir(exist_ok=True)
             tmp = ckpt / "state.tmp"
-            torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step + 1}, tmp)
+            torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step + 1,
+                        "settings": _update_settings(config)}, tmp)
             tmp.replace(ckpt / "state.pt")
         if (step + 1) % 10 == 0 or step + 1 == len(steps):
             print(f"[qppo] step {step + 1}/{len(steps)} ({time.perf_counter() - begin:.0f} s)", flush=True)
