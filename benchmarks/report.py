@@ -150,8 +150,9 @@ def markdown(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
             f"Fallback rate: share of the agent's {fb['turns']} turns whose action came from a documented fallback, "
             f"not the model's own output; by kind: {fb['by_kind'] or 'none'}."
         )
-    if redraw_line(inter):
-        notes.append(str(redraw_line(inter)))
+    redraws = redraw_line(inter)
+    if redraws:
+        notes.append(redraws)
     out += ["", *notes] if notes else []
     ml = inter["majority_letter"]
     out += [

@@ -142,16 +142,6 @@ def _load_samples(config: QuestionPPOConfig) -> tuple[list[dict[str, Any]], floa
     return [records[k] for k in sorted(records)], temperature, max_new_tokens
 
 
-def _rescored(records: Sequence[Mapping[str, Any]], config: QuestionPPOConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """``records`` with every reply replayed through the train-split environments of ``config`` and today's patient."""
-    from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
-    from training.rejection_sampling import rescore
-
-    replayer = DecisionReplayer(QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir,
-                                                   max_questions=config.max_questions, demo_rounds=config.demo_rounds))
-    return rescore(records, replayer)
-
-
 def group_advantages(records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The states whose replies differ in reward, each with ``advantages`` = reward − the state's mean reward,
     and a summary (states with no signal, reply statistics)."""
@@ -261,7 +251,9 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
         records = records[: config.max_states]
     rescored = None
     if config.rescore:
-        records, rescored = _rescored(records, config)
+        from training.rejection_sampling import replayer_for, rescore
+
+        records, rescored = rescore(records, replayer_for(config))
     groups, summary = group_advantages(records)
     summary.update(temperature=temperature, rescored=rescored)
     print(f"[qppo] {json.dumps(summary)}", flush=True)
@@ -373,7 +365,10 @@ def policy_shift(before: str, after: Sequence[str], samples: str, *, rescore: bo
     config = config or QuestionPPOConfig(model=before, samples=samples, rescore=rescore)
     records, temperature, max_new_tokens = _load_samples(config)
     if rescore:
-        records, _ = _rescored(records, config)
+        from training.rejection_sampling import replayer_for
+        from training.rejection_sampling import rescore as replay
+
+        records, _ = replay(records, replayer_for(config))
     groups, _ = group_advantages(records)
     groups = [g for g in groups if any(o["asked"] and o["new_facts"] > 0 for o in g["replies"])]
     groups = groups[:max_states] if max_states is not None else groups
@@ -421,11 +416,15 @@ def sampled_quality(files: Sequence[str], *, rescore: bool = False, config: Ques
     shared = sorted(set.intersection(*(set(d) for d in loaded)))
     if not shared:
         raise ConfigError(f"samples: {', '.join(files)} share no state")
+    from training.rejection_sampling import replayer_for
+    from training.rejection_sampling import rescore as replay
+
+    replayer = replayer_for(config or QuestionPPOConfig()) if rescore else None  # one patient index for every file
     rows = []
     for name, done in zip(files, loaded, strict=True):
         records = [done[k] for k in shared]
-        if rescore:
-            records, _ = _rescored(records, config or QuestionPPOConfig())
+        if replayer is not None:
+            records, _ = replay(records, replayer)
         replies = [o for r in records for o in r["replies"]]
         asked = [o for o in replies if o["asked"]]
         facts = sum(int(o["new_facts"]) for o in asked)

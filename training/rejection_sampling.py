@@ -44,7 +44,7 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["RejectionSamplingConfig", "main", "policy_states", "rescore", "run", "sample_states", "select_examples", "train_policy"]
+__all__ = ["RejectionSamplingConfig", "main", "policy_states", "replayer_for", "rescore", "run", "sample_states", "select_examples", "train_policy"]
 
 
 @dataclass
@@ -337,6 +337,15 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def replayer_for(config: Any) -> Any:
+    """A :class:`training.question_grpo.DecisionReplayer` over the train cases of ``config``'s sources, with
+    today's patient (any config with ``sources``, ``data_dir``, ``max_questions`` and ``demo_rounds``)."""
+    from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
+
+    return DecisionReplayer(QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir,
+                                               max_questions=config.max_questions, demo_rounds=config.demo_rounds))
+
+
 def rescore(records: Sequence[Mapping[str, Any]], replayer: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The records with every reply replayed from its state through ``replayer``'s environment (the patient
     of today, not the one that scored the samples), and how many replies changed their count of new facts."""
@@ -375,11 +384,7 @@ def train_policy(config: RejectionSamplingConfig) -> dict[str, Any]:
         failed += more_failed
     rescored = None
     if config.rescore:
-        from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
-
-        replayer = DecisionReplayer(QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir,
-                                                       max_questions=config.max_questions, demo_rounds=config.demo_rounds))
-        records, rescored = rescore(records, replayer)
+        records, rescored = rescore(records, replayer_for(config))
     examples, summary = select_examples(records, config.min_new_facts)
     summary["failed_lines"] = failed
     summary["states_from"] = sources
