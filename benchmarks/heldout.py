@@ -1,7 +1,7 @@
 """Base vs fine-tuned SmolLM2 doctor on held-out cases that no demonstration was built from.
 
 Why a script of its own: the shipped doctor adapter (``mediq_env/data/adapters/smollm2-doctor``) is trained on
-demonstrations of the *train* side of :func:`training.demos.doctor_split`; its effect is only meaningful on
+demonstrations of the *train* side of :func:`benchmarks.probes.doctor_split`; its effect is only meaningful on
 the other side. This writes the held-out cases to files, runs ``mediq bench`` (``benchmarks.run``) for each
 agent and source on them, pools the episodes per agent, and reports:
 
@@ -34,12 +34,11 @@ import numpy as np
 
 from agents.parsing import question_key
 from benchmarks.metrics import paired_episode_diffs, summarise
-from benchmarks.probes import SOURCES, load_probes, source_path
+from benchmarks.probes import SOURCES, doctor_split, load_probes, source_path
 from mediq_env.actions import question_text
 from mediq_env.case import load_cases
 from mediq_env.errors import ConfigError
 from mediq_env.question_gate import check_question
-from training.demos import doctor_split
 
 __all__ = ["agent_name", "gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
 
@@ -48,7 +47,7 @@ DEFAULT_AGENTS = ("smollm2-base", "smollm2")
 
 
 def split_case_ids(source: str, split: str, data_dir: str | None = None) -> list[str]:
-    """The case ids of one side (``train`` or ``heldout``) of :func:`training.demos.doctor_split`, in file
+    """The case ids of one side (``train`` or ``heldout``) of :func:`benchmarks.probes.doctor_split`, in file
     order: built-ins by number; for public sources only the probe set's cases (the split follows its halves)."""
     cases = load_cases(source_path(source, data_dir), strict=False)
     if source == "builtin":
@@ -251,6 +250,7 @@ def run_heldout(
         "comparisons": comparisons,
         "compare_with": compare_with,
         "redraw_repeats": redraw_repeats,
+        "runs_dir": str(runs_dir),
         "seconds": seconds,
         "patient": "faithful",
         "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
@@ -325,6 +325,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
               + ("" if result.get("compare_with", "previous") == "previous" else f" --compare-with {result['compare_with']}")
               + (f" --redraw-repeats {result['redraw_repeats']}" if result.get("redraw_repeats") is not None else "")
+              + ("" if result.get("runs_dir", "runs/heldout") == "runs/heldout" else f" --runs-dir {result['runs_dir']}")
               + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,9 @@ __all__ = [
     "KINDS",
     "PROBE_DIR",
     "SOURCES",
+    "DoctorSplit",
     "Probe",
+    "doctor_split",
     "fact_hash",
     "load_probe_cases",
     "load_probes",
@@ -66,6 +68,7 @@ KINDS = ("targeted", "opening", "history", "unanswerable", "adversarial")
 ATTACKS = ("keywords", "catchall", "statement", "multi", "option")
 SOURCES = {"builtin": None, "askdocs": "mediq_askdocs_dev.jsonl", "medqa": "medqa_dev.jsonl"}
 Split = Literal["calibration", "test"]
+DoctorSplit = Literal["train", "heldout"]
 
 
 def shared_data_dir() -> Path:
@@ -95,6 +98,25 @@ def split_of(source: str, case_id: str) -> Split:
     """The half a case belongs to, fixed by a hash of its source and id (not by file order)."""
     digest = hashlib.sha256(f"{source}:{case_id}".encode()).digest()
     return "calibration" if digest[0] % 2 == 0 else "test"
+
+
+def doctor_split(source: str, case_id: str) -> DoctorSplit:
+    """Which side of the doctor's split a case is on: ``train`` cases give demonstrations and RL states, ``heldout``
+    cases are only ever evaluated (``benchmarks.heldout``).
+
+    Built-in cases (``bi-NNN``): even NNN train, odd held out. Public dev cases (askdocs, medqa): the probe
+    set's calibration half trains, its test half is held out — the same halves the patient's relevance head
+    was fitted / reported on, so held-out numbers touch neither the doctor's nor the patient's training data.
+    """
+    if source == "builtin":
+        try:
+            number = int(case_id.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            raise ConfigError(f"built-in case id {case_id!r} does not end in a number") from None
+        return "train" if number % 2 == 0 else "heldout"
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    return "train" if split_of(source, case_id) == "calibration" else "heldout"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def test_three_agents_are_compared_pairwise_in_order(tmp_path: Path) -> None:
     md = heldout.to_markdown({**result, "stem": "x"})
     assert "`rand` = `random:1`" in md and "`rand` − `checklist` over the same 4 episodes" in md
     assert "facts revealed per question —" in md and "--stem x" in md
+    assert f"--runs-dir {tmp_path}" in md  # the reproduce line finds the same runs to resume
     # Against the first instead: both variants paired with the reference; finished runs are only re-read.
     first = heldout.run_heldout(agents=["now=answer-now", "checklist", "rand=random:1"], sources=["builtin"], limit=4,
                                 runs_dir=tmp_path, max_questions=3, compare_with="first")

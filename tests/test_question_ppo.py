@@ -22,7 +22,8 @@ def _reply(text: str, reward: float) -> dict[str, Any]:
 
 def _write_samples(folder: Path, model: str, temperature: float = 0.7) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"model": model, "temperature": temperature, "max_new_tokens": 12}), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({"model": model, "temperature": temperature, "max_new_tokens": 12, "dtype": "float32"}),
+                                        encoding="utf-8")
     records = []
     for i, case in enumerate(["a", "b", "c", "d"]):
         prompt = [{"role": "system", "content": "You interview a patient."},
@@ -58,6 +59,18 @@ def test_samples_from_another_policy_or_mixed_temperatures_are_refused(tmp_path:
     other = _write_samples(tmp_path / "s2", model="policy-a", temperature=1.0)
     with pytest.raises(ConfigError, match="different"):
         _load_samples(QuestionPPOConfig(model="policy-a", samples=f"{path},{other}"))
+    # Drawn in bfloat16: the float32 old log-probabilities would not be the sampling distribution's.
+    meta = json.loads((tmp_path / "s2" / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "s2" / "config.json").write_text(json.dumps({**meta, "temperature": 0.7, "dtype": "bfloat16"}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"s2/config\.json: field 'dtype' is 'bfloat16'"):
+        _load_samples(QuestionPPOConfig(model="policy-a", samples=str(other)))
+    # Files from before the field: float32 only if they were drawn on a CPU (the sampler used bfloat16 on a GPU).
+    old_meta = {k: v for k, v in meta.items() if k != "dtype"}
+    (tmp_path / "s2" / "config.json").write_text(json.dumps({**old_meta, "temperature": 0.7, "device": "auto"}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"field 'dtype' is None \(device 'auto'\)"):
+        _load_samples(QuestionPPOConfig(model="policy-a", samples=str(other)))
+    (tmp_path / "s2" / "config.json").write_text(json.dumps({**old_meta, "temperature": 0.7, "device": "cpu"}), encoding="utf-8")
+    assert len(_load_samples(QuestionPPOConfig(model="policy-a", samples=str(other)))[0]) == 5
     (tmp_path / "s2" / "config.json").unlink()
     with pytest.raises(ConfigError, match=r"s2/config\.json is missing"):
         _load_samples(QuestionPPOConfig(model="policy-a", samples=str(other)))
@@ -65,6 +78,15 @@ def test_samples_from_another_policy_or_mixed_temperatures_are_refused(tmp_path:
         QuestionPPOConfig(clip=1.5)
     with pytest.raises(ConfigError, match="states_per_step"):
         QuestionPPOConfig(states_per_step=0)
+
+
+def test_load_policy_puts_the_weights_on_the_device_it_was_asked_for(tiny_dir: Path) -> None:
+    """Rejection sampling and question PPO take their device from here; a directory once stayed on the CPU, and
+    the first GPU run sampled on the machine's CPU (question_ppo_gpu.md). "meta" stands in for a GPU in CI."""
+    from training.ppo import load_policy
+
+    model, _tok = load_policy(str(tiny_dir), "float32", "meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
 
 
 def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_dir: Path, one_torch_thread: None) -> None:

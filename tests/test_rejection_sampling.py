@@ -63,8 +63,23 @@ def test_config_refuses_settings_that_cannot_work() -> None:
         RejectionSamplingConfig(samples_per_state=0)
     with pytest.raises(ConfigError, match="stage"):
         RejectionSamplingConfig(stage="eval")
+    with pytest.raises(ConfigError, match="dtype"):
+        RejectionSamplingConfig(dtype="float16")
+    with pytest.raises(ConfigError, match="state_batch"):
+        RejectionSamplingConfig(state_batch=0)
+    with pytest.raises(ConfigError, match="states_file is for states=demos"):
+        RejectionSamplingConfig(states="policy", states_file="demo_states.jsonl")
     with pytest.raises(ConfigError, match="unknown RejectionSamplingConfig keys"):
         RejectionSamplingConfig.from_dict({"sample_per_state": 4})
+
+
+def test_command_line_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from training import question_ppo, rejection_sampling
+
+    assert rejection_sampling.main(["--dtype", "float16"]) == 2
+    assert question_ppo.main(["--clip", "1.5"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error: rejection sampling: dtype") and "clip" in err[1]
 
 
 @pytest.mark.slow
@@ -121,6 +136,55 @@ def test_tiny_run_samples_resumes_and_trains(tiny_dir: Path, tmp_path: Path, mon
     trained = AutoModelForCausalLM.from_pretrained(str(out / "policy"))
     assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True))
     assert json.loads((out / "config.json").read_text())["samples_per_state"] == 3
+
+
+@pytest.mark.slow
+def test_states_are_built_once_and_batched_sampling_is_left_padded_and_seeded(tiny_dir: Path, tmp_path: Path) -> None:
+    """The GPU path: demo states built once and reused from a file, several states per generate call."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import training.rejection_sampling as rs
+
+    torch.set_num_threads(1)
+    kw: dict[str, Any] = dict(model=str(tiny_dir), sources="builtin", demo_rounds=1, samples_per_state=2, max_new_tokens=6,
+                              max_states=3, torch_threads=1, device="cpu")
+    built = rs.run(RejectionSamplingConfig(**kw, output_dir=str(tmp_path / "states"), stage="states"))
+    states_file = tmp_path / "states" / "demo_states.jsonl"
+    rows = [json.loads(line) for line in states_file.read_text(encoding="utf-8").splitlines()]
+    assert built["states"] == len(rows) > 3 and not (tmp_path / "states" / "samples.jsonl").exists()
+
+    # Left padding changes nothing: at a temperature near 0 each prompt's replies in a batch of three are
+    # its replies alone.
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    prompts = [rows[i]["prompt"] for i in (0, 1, len(rows) - 1)]
+    assert len({len(tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]) for p in prompts}) > 1
+    cold = RejectionSamplingConfig(**{**kw, "temperature": 1e-3})
+    alone = [rs._sample(model, tokenizer, [p], cold, seed=0)[0] for p in prompts]
+    assert rs._sample(model, tokenizer, prompts, cold, seed=0) == alone
+
+    # From the file, two states per call: every state sampled, and the same command gives the same samples.
+    def sampled(name: str) -> dict[str, list[str]]:
+        config = RejectionSamplingConfig(**kw, output_dir=str(tmp_path / name), states_file=str(states_file), state_batch=2, stage="sample")
+        assert rs.run(config) == {"states": 3, "sampled_now": 3, "failed_now": 0, "complete": True}
+        lines = (tmp_path / name / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+        return {r["key"]: [o["text"] for o in r["replies"]] for r in map(json.loads, lines)}
+
+    first = sampled("a")
+    assert first == sampled("b") and all(len(v) == 2 for v in first.values())
+
+    # Resuming into those samples with another temperature would leave one file of two distributions.
+    with pytest.raises(ConfigError, match=r"a/config\.json: field 'temperature' was 1\.0 .* now 0\.5"):
+        rs.run(RejectionSamplingConfig(**kw, output_dir=str(tmp_path / "a"), states_file=str(states_file), state_batch=2, stage="sample",
+                                       temperature=0.5))
+    with pytest.raises(ConfigError, match=r"demo_states\.jsonl:1: field 'source' is 'builtin', not one of this run's sources \['medqa'\]"):
+        rs.run(RejectionSamplingConfig(**{**kw, "sources": "medqa"}, output_dir=str(tmp_path / "m"), states_file=str(states_file), stage="sample"))
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({k: v for k, v in rows[0].items() if k != "prefix"}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken\.jsonl:1: field 'prefix' missing"):
+        rs.run(RejectionSamplingConfig(**kw, output_dir=str(tmp_path / "c"), states_file=str(broken), stage="sample"))
 
 
 class _ScriptedDoctor:

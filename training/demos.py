@@ -25,7 +25,7 @@ smaller), then answer. With a budget of ``m`` questions and ``k < m`` asked, the
 (``ANSWER:`` to the implicit decision prompt); with ``k == m`` the env forces the answer, and the agent's
 forced answer is the answer prompt, so that is the example.
 
-Split (:func:`doctor_split`): built-in cases with an even number train, odd ones are held out; for the
+Split (:func:`benchmarks.probes.doctor_split`, re-exported here): built-in cases with an even number train, odd ones are held out; for the
 public dev sets (askdocs, medqa) the probe set's calibration half trains and its test half is held out.
 Only train-split cases produce demonstrations.
 
@@ -42,12 +42,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from agents.prompts import answer_chat, decision_chat
-from benchmarks.probes import SOURCES, Probe, load_probe_cases, load_probes, split_of
+from benchmarks.probes import SOURCES, DoctorSplit, Probe, doctor_split, load_probe_cases, load_probes
 from mediq_env import MediQEnv
 from mediq_env.backends.base import Chat
 from mediq_env.case import Case
@@ -71,32 +71,12 @@ __all__ = [
     "summarise",
 ]
 
-DoctorSplit = Literal["train", "heldout"]
-
 #: The question budgets the demos are played under. 3 is the README's main job; 5 is the benchmark default.
 #: Both are shown so the model reads "Questions you may still ask: N" rather than memorising one count.
 DEFAULT_BUDGETS: tuple[int, ...] = (3, 5)
 
 MIN_QUESTIONS = 2
 MAX_QUESTIONS = 5
-
-
-def doctor_split(source: str, case_id: str) -> DoctorSplit:
-    """Which side of the doctor's SFT split a case is on.
-
-    Built-in cases (``bi-NNN``): even NNN train, odd held out. Public dev cases (askdocs, medqa): the probe
-    set's calibration half trains, its test half is held out — the same halves the patient's relevance head
-    was fitted / reported on, so held-out numbers touch neither the doctor's nor the patient's training data.
-    """
-    if source == "builtin":
-        try:
-            number = int(case_id.rsplit("-", 1)[1])
-        except (IndexError, ValueError):
-            raise ConfigError(f"built-in case id {case_id!r} does not end in a number") from None
-        return "train" if number % 2 == 0 else "heldout"
-    if source not in SOURCES:
-        raise ConfigError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
-    return "train" if split_of(source, case_id) == "calibration" else "heldout"
 
 
 def order_questions(probes: Sequence[Probe], case: Case) -> list[Probe]:

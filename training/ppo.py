@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -230,7 +230,10 @@ def _finite(value: Any) -> bool:
 
 
 def load_policy(spec: str, dtype: Any = "auto", device: str = "cpu") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from ``"smollm2"`` (the offline default), a local directory or a hub id."""
+    """``(model, tokenizer)`` from ``"smollm2"`` (the offline default), a local directory or a hub id, with the
+    weights on ``device``. (Until the first GPU run of question-level PPO, a directory stayed on the CPU whatever
+    ``device`` said: rejection sampling and question PPO then ran on the GPU machine's CPU, unnoticed until the
+    sampling rate matched a laptop's; ``question_ppo_gpu.md``.)"""
     from mediq_env.backends.hf import dtype_kwarg, resolve_dtype
 
     if spec == "smollm2":
@@ -240,6 +243,7 @@ def load_policy(spec: str, dtype: Any = "auto", device: str = "cpu") -> tuple[An
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(spec, **{dtype_kwarg(transformers): resolve_dtype(dtype, device)})
+    cast(Any, model).to(device)  # transformers' stubs type .to for the class, not the instance
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
     return model, tokenizer
 

@@ -128,6 +128,11 @@ def _load_samples(config: QuestionPPOConfig) -> tuple[list[dict[str, Any]], floa
         for key in ("model", "temperature", "max_new_tokens"):
             if key not in meta:
                 raise ConfigError(f"{meta_path}: field {key!r} missing")
+        # Before the field existed, the sampler drew in float32 on a CPU and in bfloat16 on a GPU.
+        dtype = meta.get("dtype", "float32" if meta.get("device") == "cpu" else None)
+        if dtype != "float32":
+            raise ConfigError(f"{meta_path}: field 'dtype' is {meta.get('dtype')!r} (device {meta.get('device')!r}); the update's old "
+                              "log-probabilities are float32, so the samples must be drawn in float32 too")
         if meta["model"] != config.model:
             raise ConfigError(f"{meta_path}: field 'model' is {meta['model']!r}, but this update starts from {config.model!r}; "
                               "PPO needs samples drawn from the policy it updates")
@@ -449,6 +454,19 @@ def curve_markdown(metrics_path: str | Path, block: int = 10) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a bad setting or input file ends in one line naming it (exit 2), not a traceback."""
+    import sys
+
+    from mediq_env.errors import MediQError
+
+    try:
+        return _main(argv)
+    except MediQError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from training.cli_rl import add_config_arguments, config_from_args

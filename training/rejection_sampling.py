@@ -14,7 +14,7 @@ at the price of ignoring what failed (RAFT, Dong et al. 2023; ReST, Gulcehre et 
    demonstration prefixes never saw its own earlier questions and repeats them (round one, ``question_rft.md``).
    Either way each state is the agent's own ``decision_chat`` prompt, checked to replay to its stored prompt.
 2. **Sampling.** ``samples_per_state`` replies per state from the starting policy at ``temperature``, seeded
-   per state (the same seed gives the same samples). Each reply is played from its state through the
+   per state (per batch of ``state_batch`` states; the same seed gives the same samples). Each reply is played from its state through the
    environment by :class:`training.question_grpo.DecisionReplayer`: the reward is that step's
    ``info_gain_only`` reward (new facts the question revealed − the question cost), the definition the hack
    suite attacks.
@@ -24,8 +24,8 @@ at the price of ignoring what failed (RAFT, Dong et al. 2023; ReST, Gulcehre et 
 4. **Training.** LoRA SFT of the starting policy on the kept (prompt, reply) pairs with :func:`training.sft.train_sft`;
    the merged policy goes to ``<output_dir>/policy``, runnable as ``llm:hf:<output_dir>/policy``.
 
-Samples go to ``samples.jsonl`` one state a line as they are scored, so a killed run loses at most one state
-and the same command resumes; a state whose sampling or scoring raised is recorded with its error, counted
+Samples go to ``samples.jsonl`` one state a line as they are scored, so a killed run loses at most one batch
+of states and the same command resumes (a resume with other sampling settings is refused); a state whose sampling or scoring raised is recorded with its error, counted
 in the summary, and sampled again on resume.
 
     python -m training.rejection_sampling --model runs/ppo-from-sft/sft/model --output-dir runs/question-rft
@@ -52,8 +52,10 @@ class RejectionSamplingConfig:
     """One round of rejection-sampling fine-tuning. ``max_states``: sample only the first N states of the
     shuffled order (tests, quick runs); ``max_minutes``: stop sampling after this long (the next run of the
     same command continues) — training starts only once every state is sampled. ``stage``: ``all`` samples
-    then trains; ``sample`` only samples; ``train`` trains on the states sampled so far (a run cut short on
-    purpose: ``selection.json`` says how many states that was)."""
+    then trains; ``states`` only prepares the states (for ``states="demos"`` without ``states_file``, it builds
+    them and writes ``demo_states.jsonl``, which a later run's ``states_file`` reuses);
+    ``sample`` only samples; ``train`` trains on the states sampled so far (a run cut short on purpose:
+    ``selection.json`` says how many states that was)."""
 
     model: str = "runs/ppo-from-sft/sft/model"
     output_dir: str = "runs/question-rft"
@@ -76,6 +78,16 @@ class RejectionSamplingConfig:
     max_length: int = 1024
     torch_threads: int | None = 2
     device: str = "auto"
+    # The weights' dtype while sampling. question_ppo takes its ratio against float32 log-probabilities, so samples
+    # for PPO must be drawn in float32 (it refuses others); bfloat16 is for rejection sampling of large models.
+    dtype: str = "float32"
+    # States sampled in one generate call (left-padded). 1: each state's replies depend on its own seed alone;
+    # more: a state's replies also depend on its batch (the same command still gives the same samples, but a run
+    # resumed mid-way batches the rest differently). A GPU wants 16-64.
+    state_batch: int = 1
+    # states="demos": read the states from this file (a demo_states.jsonl an earlier run wrote; every state is
+    # still replayed and checked against its stored prompt) instead of building them (minutes on a CPU).
+    states_file: str | None = None
     stage: str = "all"
     # Where the states come from: "demos" (demonstration prefixes) or "policy" (the starting policy's own greedy
     # interviews of the train cases, seeds 0..rollout_seeds-1, kept in states.jsonl so a resumed run reuses them).
@@ -92,14 +104,18 @@ class RejectionSamplingConfig:
     train_from: str | None = None
 
     def __post_init__(self) -> None:
-        if self.stage not in ("all", "sample", "train"):
-            raise ConfigError(f"rejection sampling: stage must be all, sample or train, got {self.stage!r}")
+        if self.stage not in ("all", "states", "sample", "train"):
+            raise ConfigError(f"rejection sampling: stage must be all, states, sample or train, got {self.stage!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"rejection sampling: dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.states_file is not None and self.states != "demos":
+            raise ConfigError("rejection sampling: states_file is for states=demos (policy states are kept in output_dir/states.jsonl)")
         if self.states not in ("demos", "policy"):
             raise ConfigError(f"rejection sampling: states must be demos or policy, got {self.states!r}")
         if isinstance(self.min_turn, bool) or not isinstance(self.min_turn, int) or not 0 <= self.min_turn < self.max_questions:
             raise ConfigError(f"rejection sampling: min_turn must be an integer in [0, max_questions), got {self.min_turn!r}")
         for name in ("samples_per_state", "max_new_tokens", "min_new_facts", "batch_size", "lora_r", "lora_alpha", "demo_rounds", "max_questions",
-                     "rollout_seeds"):
+                     "rollout_seeds", "state_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"rejection sampling: {name} must be an integer >= 1, got {value!r}")
@@ -175,18 +191,27 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     return done, failed
 
 
-def _sample(model: Any, tokenizer: Any, prompt: Sequence[Mapping[str, str]], config: RejectionSamplingConfig, seed: int) -> list[str]:
+def _sample(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapping[str, str]]], config: RejectionSamplingConfig,
+            seed: int) -> list[list[str]]:
+    """``samples_per_state`` replies for each prompt, drawn in one generate call at ``config.temperature`` from the
+    full distribution (no top-k, no top-p: question_ppo's ratio is against ``logits / T``). Prompts are left-padded
+    to one length; one prompt is not padded at all."""
     import torch
 
-    ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    ids = {k: v.to(model.device) for k, v in ids.items()}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer.apply_chat_template(list(p), add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    input_ids = torch.tensor([[pad_id] * (width - len(e)) + list(e) for e in encoded], device=model.device)
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(**ids, do_sample=True, temperature=config.temperature, top_p=1.0, top_k=0,
-                             max_new_tokens=config.max_new_tokens, num_return_sequences=config.samples_per_state,
-                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    start = ids["input_ids"].shape[1]
-    return [tokenizer.decode(seq[start:], skip_special_tokens=True).strip() for seq in out]
+        out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=config.temperature, top_p=1.0,
+                             top_k=0, max_new_tokens=config.max_new_tokens, num_return_sequences=config.samples_per_state, pad_token_id=pad_id)
+    texts = [tokenizer.decode(seq[width:], skip_special_tokens=True).strip() for seq in out]
+    n = config.samples_per_state
+    if len(texts) != n * len(prompts):
+        raise RuntimeError(f"generate returned {len(texts)} sequences for {len(prompts)} prompts x {n} samples")
+    return [texts[i * n: (i + 1) * n] for i in range(len(prompts))]  # generate repeats each prompt n times in place
 
 
 _STATE_FIELDS = ("policy", "prompt", "source", "case_id", "seed", "max_questions", "prefix")
@@ -269,10 +294,45 @@ def policy_states(config: RejectionSamplingConfig, replayer: Any, agent: Any = N
     return rows
 
 
+_DEMO_FIELDS = ("prompt", "source", "case_id", "seed", "max_questions", "prefix")
+
+
+def demo_states(config: RejectionSamplingConfig, replayer: Any) -> list[dict[str, Any]]:
+    """The demonstration states (:func:`training.question_grpo.decision_states`) of ``config``: read from
+    ``states_file`` when given, else built and written to ``<output_dir>/demo_states.jsonl`` for later runs'
+    ``states_file``. Either way :meth:`DecisionReplayer.check` replays each state before it is sampled."""
+    from training.common import load_records
+    from training.question_grpo import QuestionGRPOConfig, decision_states
+
+    if config.states_file is not None:
+        path = Path(config.states_file)
+        if not path.is_file():
+            raise ConfigError(f"states_file: {path} does not exist")
+        rows = load_records(path)
+        allowed = set(QuestionGRPOConfig(sources=config.sources).source_list())
+        for n, row in enumerate(rows, 1):
+            missing = [k for k in _DEMO_FIELDS if k not in row]
+            if missing:
+                raise ConfigError(f"{path}:{n}: field {missing[0]!r} missing (not a demo_states.jsonl of this tool)")
+            if row["source"] not in allowed:
+                raise ConfigError(f"{path}:{n}: field 'source' is {row['source']!r}, not one of this run's sources {sorted(allowed)}")
+            if int(row["max_questions"]) != config.max_questions:
+                raise ConfigError(f"{path}:{n}: field 'max_questions' is {row['max_questions']}, but this run has {config.max_questions}")
+        return rows
+    sources = QuestionGRPOConfig(sources=config.sources).source_list()
+    rows = decision_states(sources, max_questions=config.max_questions, rounds=config.demo_rounds,
+                           data_dir=config.data_dir, patient=replayer.patient)
+    out = Path(config.output_dir) / "demo_states.jsonl"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({k: r[k] for k in _DEMO_FIELDS}) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out)
+    return rows
+
+
 def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[str, Any]:
     """Sample and score every state not yet in ``samples.jsonl``; returns progress counts."""
     from training.ppo import load_policy
-    from training.question_grpo import DecisionReplayer, QuestionGRPOConfig, decision_states
+    from training.question_grpo import DecisionReplayer, QuestionGRPOConfig
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,9 +346,10 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
     if config.states == "policy":
         rows = policy_states(config, replayer, agent)
     else:
-        rows = decision_states(env_config.source_list(), max_questions=config.max_questions, rounds=config.demo_rounds,
-                               data_dir=config.data_dir, patient=replayer.patient)
+        rows = demo_states(config, replayer)
         rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
+    if config.stage == "states":
+        return {"states": len(rows), "sampled_now": 0, "failed_now": 0, "complete": False}
     order = list(range(len(rows)))
     random.Random(config.seed).shuffle(order)  # a capped or interrupted run still covers every source
     if config.max_states is not None:
@@ -301,31 +362,46 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
     if not todo:
         return {"states": len(order), "sampled_now": 0, "failed_now": 0, "complete": True}
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and _cuda()) else "cpu"
-    model, tokenizer = load_policy(config.model, "float32" if device == "cpu" else "bfloat16", device)
+    model, tokenizer = load_policy(config.model, config.dtype, device)
     model.eval()
     start = time.perf_counter()
     sampled = failed = 0
     with path.open("a", encoding="utf-8") as f:
-        for n, i in enumerate(todo):
+        for first in range(0, len(todo), config.state_batch):
             if config.max_minutes is not None and time.perf_counter() - start >= config.max_minutes * 60:
                 break
-            row = rows[i]
-            key = _state_key(row)
+            batch = todo[first: first + config.state_batch]
+            recs: dict[int, dict[str, Any]] = {}
+            ready = []
+            for i in batch:
+                try:
+                    replayer.check(rows[i])
+                    ready.append(i)
+                except Exception as err:  # a bad rollout is data: recorded, counted, retried on resume
+                    recs[i] = {"key": _state_key(rows[i]), "state": i, "error": f"{type(err).__name__}: {err}"}
             try:
-                replayer.check(row)
-                texts = _sample(model, tokenizer, row["prompt"], config, seed=config.seed * 1_000_003 + i)
-                outs = [{"text": t, **asdict(replayer.outcome(row, t))} for t in texts]
-                rec: dict[str, Any] = {"key": key, "state": i, "source": row["source"], "case_id": row["case_id"],
-                                       "prompt": row["prompt"], "replies": outs}
-                sampled += 1
-            except Exception as err:  # a bad rollout is data: recorded, counted, retried on resume
-                rec = {"key": key, "state": i, "error": f"{type(err).__name__}: {err}"}
-                failed += 1
-            f.write(json.dumps(rec) + "\n")
+                texts = _sample(model, tokenizer, [rows[i]["prompt"] for i in ready], config, seed=config.seed * 1_000_003 + batch[0]) if ready else []
+            except Exception as err:
+                if type(err).__name__ == "OutOfMemoryError":  # every later batch would fail alike: stop, say so
+                    raise ConfigError(f"out of device memory sampling {len(ready)} states at once; lower state_batch") from err
+                recs.update({i: {"key": _state_key(rows[i]), "state": i, "error": f"{type(err).__name__}: {err}"} for i in ready})
+                ready, texts = [], []
+            for i, replies in zip(ready, texts, strict=True):
+                row = rows[i]
+                try:
+                    outs = [{"text": t, **asdict(replayer.outcome(row, t))} for t in replies]
+                    recs[i] = {"key": _state_key(row), "state": i, "source": row["source"], "case_id": row["case_id"],
+                               "prompt": row["prompt"], "replies": outs}
+                except Exception as err:
+                    recs[i] = {"key": _state_key(row), "state": i, "error": f"{type(err).__name__}: {err}"}
+            for i in batch:
+                failed += "error" in recs[i]
+                sampled += "error" not in recs[i]
+                f.write(json.dumps(recs[i]) + "\n")
             f.flush()
-            if (n + 1) % 10 == 0:
-                rate = (n + 1) / (time.perf_counter() - start)
-                print(f"[rft] {n + 1}/{len(todo)} states ({rate * 60:.1f}/min), {failed} failed", flush=True)
+            if (first + len(batch)) // 10 > first // 10:
+                rate = (first + len(batch)) / (time.perf_counter() - start)
+                print(f"[rft] {first + len(batch)}/{len(todo)} states ({rate * 60:.1f}/min), {failed} failed", flush=True)
     done, _ = _read_samples(path)
     complete = all(_state_key(rows[i]) in done for i in order)
     return {"states": len(order), "sampled_now": sampled, "failed_now": failed, "complete": complete}
@@ -404,15 +480,28 @@ def train_policy(config: RejectionSamplingConfig) -> dict[str, Any]:
     return {**summary, "policy": str(policy)}
 
 
+#: What the samples in ``samples.jsonl`` depend on: a resumed run must draw the rest the same way, or question_ppo
+#: (which reads these fields from ``config.json``) would take one file for samples of one distribution.
+_SAMPLING_FIELDS = ("model", "temperature", "max_new_tokens", "samples_per_state", "dtype", "seed", "states")
+
+
 def run(config: RejectionSamplingConfig) -> dict[str, Any]:
     """Sample (resuming), then train once every state is sampled."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    meta_path = out / "config.json"
+    if (out / "samples.jsonl").exists() and meta_path.exists() and config.stage != "train":
+        before = json.loads(meta_path.read_text(encoding="utf-8"))
+        before.setdefault("dtype", "float32" if before.get("device") == "cpu" else None)  # older files: bfloat16 on a GPU
+        for key in _SAMPLING_FIELDS:
+            if before.get(key) != getattr(config, key):
+                raise ConfigError(f"{meta_path}: field {key!r} was {before.get(key)!r} for the samples already in samples.jsonl, now "
+                                  f"{getattr(config, key)!r}; resume with the same settings or use another output_dir")
+    meta_path.write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
     if config.stage == "train":
         return train_policy(config)
     progress = sample_states(config)
-    if config.stage == "sample":
+    if config.stage in ("states", "sample"):
         return progress
     if not progress["complete"]:
         print("[rft] sampling stopped before every state was sampled (time budget or failures); run the same command again", flush=True)
@@ -421,6 +510,19 @@ def run(config: RejectionSamplingConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a bad setting or input file ends in one line naming it (exit 2), not a traceback."""
+    import sys
+
+    from mediq_env.errors import MediQError
+
+    try:
+        return _main(argv)
+    except MediQError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from training.cli_rl import add_config_arguments, config_from_args

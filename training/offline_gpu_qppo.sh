@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Iterated question-level PPO from the shipped SFT doctor on one GPU machine with no internet access, from the
+# parcels of `python -m training.offline_bundle pack` (examples/gpu_pipeline.md, "Question-level PPO, iterated").
+#
+# Run in the repo root there:  OUT=/path/for/results MINUTES=7 bash training/offline_gpu_qppo.sh PARCEL...
+#
+# Each iteration i samples 8 replies per train state from the last policy (training.rejection_sampling, float32,
+# temperature 0.8, MAX_STATES states drawn with seed i) and updates it with clipped PPO (training.question_ppo,
+# the CPU iterations' settings, KL logged against the SFT model); the next iteration samples from the result.
+# MINUTES counts from the script's start, unpacking included. A new iteration starts only while the last one's
+# duration still fits, and its sampling stops early enough to leave PPO_SECONDS for the update. After each
+# iteration its samples, curve and adapter go to $OUT/iter<i>.tar.gz (at most 7 iterations: the device tool
+# returns 8 files), and the logs go to $OUT/logs.tar.gz on any exit, so a run stopped at its time limit keeps
+# every finished iteration. Here, rehearse it on the CPU with
+# DEVICE=cpu MAX_STATES=4 ITERATIONS=2 STATE_BATCH=2.
+set -euo pipefail
+MINUTES=${MINUTES:-9}              # wall clock for the whole script, unpacking included (whole minutes)
+PPO_SECONDS=${PPO_SECONDS:-150}    # kept for the update when sampling is cut to fit (the last update's time once known)
+ITERATIONS=${ITERATIONS:-7}
+MAX_STATES=${MAX_STATES:-215}
+DEVICE=${DEVICE:-cuda}
+THREADS=${THREADS:-8}
+STATE_BATCH=${STATE_BATCH:-32}
+STATES_FILE=${STATES_FILE:-}   # a demo_states.jsonl built earlier (python -m training.rejection_sampling --stage states)
+SAMPLE_ARGS=${SAMPLE_ARGS:-}
+PPO_ARGS=${PPO_ARGS:-}
+case "$MINUTES" in ''|*[!0-9]*) echo "MINUTES must be a whole number of minutes, got '$MINUTES'"; exit 2;; esac
+if [ "$ITERATIONS" -gt 7 ]; then echo "ITERATIONS must be at most 7 (8 files come back: 7 iterations and the logs)"; exit 2; fi
+# shellcheck source=training/offline_gpu_setup.sh
+source "$(dirname "$0")/offline_gpu_setup.sh" "$@"
+
+prev=$SFT
+last=0
+for i in $(seq 1 "$ITERATIONS"); do
+  now=$(date +%s)
+  left=$(( MINUTES * 60 - (now - t0) ))
+  if [ "$i" -gt 1 ] && [ "$last" -gt "$left" ]; then
+    stamp "not starting iteration $i: the last took ${last}s and ${left}s are left"
+    break
+  fi
+  # Sampling stops in time for the update: a partial samples.jsonl is a valid (smaller) iteration.
+  sample_minutes=$(python3 -c "print(max(1.0, ($left - $PPO_SECONDS) / 60))")
+  states_flag=()
+  if [ -n "$STATES_FILE" ]; then states_flag=(--states-file "$STATES_FILE"); fi
+  # shellcheck disable=SC2086
+  python3 -m training.rejection_sampling --model "$prev" --output-dir "$STAGE/qs-$i" --states demos "${states_flag[@]}" \
+    --max-states "$MAX_STATES" --seed "$i" --temperature 0.8 --stage sample --device "$DEVICE" --dtype float32 \
+    --state-batch "$STATE_BATCH" --torch-threads "$THREADS" --max-minutes "$sample_minutes" $SAMPLE_ARGS > "$LOG/sample-$i.log" 2>&1
+  if [ -z "$STATES_FILE" ]; then STATES_FILE="$STAGE/qs-$i/demo_states.jsonl"; fi
+  stamp "iteration $i sampled: $(grep -c '"replies"' "$STAGE/qs-$i/samples.jsonl") of $MAX_STATES states, $(grep -c '"error"' "$STAGE/qs-$i/samples.jsonl" || true) failed"
+  ppo_start=$(date +%s)
+  # shellcheck disable=SC2086
+  python3 -m training.question_ppo --model "$prev" --ref-model "$SFT" --samples "$STAGE/qs-$i/samples.jsonl" \
+    --output-dir "$STAGE/qp-$i" --epochs 2 --no-rescore --device "$DEVICE" --torch-threads "$THREADS" $PPO_ARGS > "$LOG/ppo-$i.log" 2>&1
+  PPO_SECONDS=$(( $(date +%s) - ppo_start + 30 ))
+  prev="$STAGE/qp-$i/policy"
+  last=$(( $(date +%s) - now ))
+  tar -czf "$STAGE/iter$i.tar.gz" -C "$STAGE" "qs-$i/samples.jsonl" "qs-$i/config.json" "qp-$i/metrics.jsonl" "qp-$i/summary.json" \
+    "qp-$i/config.json" "qp-$i/adapter"
+  mv "$STAGE/iter$i.tar.gz" "$OUT/iter$i.tar.gz"
+  stamp "iteration $i done in ${last}s"
+done
+stamp "results in $OUT"
