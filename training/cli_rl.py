@@ -20,9 +20,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from mediq_env.errors import ConfigError
+from mediq_env.errors import ConfigError, MediQError
 
-__all__ = ["add_config_arguments", "config_from_args", "register", "train_subparsers"]
+__all__ = ["add_config_arguments", "config_from_args", "one_line_errors", "register", "train_subparsers"]
 
 _UNSET = object()
 
@@ -66,6 +66,18 @@ def register(sub: Any) -> None:
     p = train.add_parser("question-ppo", help="clipped PPO on sampled doctor turns (samples of `train rft --stage sample`), group-mean baseline")
     add_config_arguments(p, QuestionPPOConfig)
     p.set_defaults(func=_run_question_ppo)
+
+
+def one_line_errors(entry: typing.Callable[[Any], int], argv: Any = None) -> int:
+    """Run a module's own command line (``python -m training.X``): a bad setting or input file ends in one line
+    naming it and exit status 2, as under ``mediq``, not in a traceback."""
+    import sys
+
+    try:
+        return entry(argv)
+    except MediQError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _strip_optional(tp: Any) -> Any:

@@ -510,16 +510,9 @@ def run(config: RejectionSamplingConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; a bad setting or input file ends in one line naming it (exit 2), not a traceback."""
-    import sys
+    from training.cli_rl import one_line_errors
 
-    from mediq_env.errors import MediQError
-
-    try:
-        return _main(argv)
-    except MediQError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(_main, argv)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
