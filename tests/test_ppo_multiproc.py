@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,17 @@ def test_two_processes_resume_exactly_with_their_own_rngs_and_one_kl_coefficient
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", env["MASTER_PORT"], str(WORKER), str(tiny_dir), str(tmp_path),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=80)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # gloo's own threads can abort a process on a loaded 2-core machine (seen twice in CI on a loaded machine, once after
+        # closing the group explicitly): run the whole job once more, from scratch, and say so.
+        warnings.warn("two-process PPO aborted inside gloo ('terminate called without an active exception'); rerunning once",
+                      stacklevel=1)
+        for f in tmp_path.iterdir():
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        env["MASTER_PORT"] = str(int(env["MASTER_PORT"]) + 1)
+        cmd[cmd.index("--master_port") + 1] = env["MASTER_PORT"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=80)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     r0, r1 = (json.loads((tmp_path / f"result_{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2
