@@ -113,7 +113,7 @@ class QuestionPPOConfig:
 def _load_samples(config: QuestionPPOConfig) -> tuple[list[dict[str, Any]], float, int]:
     """(scored states, sampling temperature, max_new_tokens) from every samples file, each checked to have been
     drawn from ``config.model`` at one shared temperature: PPO's ratio is against the distribution that sampled."""
-    from training.rejection_sampling import _read_samples
+    from training.rejection_sampling import _read_samples, sampling_dtype
 
     records: dict[str, dict[str, Any]] = {}
     settings: set[tuple[float, int]] = set()
@@ -128,9 +128,7 @@ def _load_samples(config: QuestionPPOConfig) -> tuple[list[dict[str, Any]], floa
         for key in ("model", "temperature", "max_new_tokens"):
             if key not in meta:
                 raise ConfigError(f"{meta_path}: field {key!r} missing")
-        # Before the field existed, the sampler drew in float32 on a CPU and in bfloat16 on a GPU.
-        dtype = meta.get("dtype", "float32" if meta.get("device") == "cpu" else None)
-        if dtype != "float32":
+        if sampling_dtype(meta) != "float32":
             raise ConfigError(f"{meta_path}: field 'dtype' is {meta.get('dtype')!r} (device {meta.get('device')!r}); the update's old "
                               "log-probabilities are float32, so the samples must be drawn in float32 too")
         if meta["model"] != config.model:

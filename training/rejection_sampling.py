@@ -14,8 +14,8 @@ at the price of ignoring what failed (RAFT, Dong et al. 2023; ReST, Gulcehre et 
    demonstration prefixes never saw its own earlier questions and repeats them (round one, ``question_rft.md``).
    Either way each state is the agent's own ``decision_chat`` prompt, checked to replay to its stored prompt.
 2. **Sampling.** ``samples_per_state`` replies per state from the starting policy at ``temperature``, seeded
-   per state (per batch of ``state_batch`` states; the same seed gives the same samples). Each reply is played from its state through the
-   environment by :class:`training.question_grpo.DecisionReplayer`: the reward is that step's
+   per state (per batch of ``state_batch`` states; the same seed gives the same samples). Each reply is played
+   from its state through the environment by :class:`training.question_grpo.DecisionReplayer`: the reward is that step's
    ``info_gain_only`` reward (new facts the question revealed − the question cost), the definition the hack
    suite attacks.
 3. **Selection.** Per state, the best reply if it is a question the gate accepts and it revealed at least
@@ -25,8 +25,8 @@ at the price of ignoring what failed (RAFT, Dong et al. 2023; ReST, Gulcehre et 
    the merged policy goes to ``<output_dir>/policy``, runnable as ``llm:hf:<output_dir>/policy``.
 
 Samples go to ``samples.jsonl`` one state a line as they are scored, so a killed run loses at most one batch
-of states and the same command resumes (a resume with other sampling settings is refused); a state whose sampling or scoring raised is recorded with its error, counted
-in the summary, and sampled again on resume.
+of states and the same command resumes (a resume with other sampling settings is refused); a state whose
+sampling or scoring raised is recorded with its error, counted in the summary, and sampled again on resume.
 
     python -m training.rejection_sampling --model runs/ppo-from-sft/sft/model --output-dir runs/question-rft
 """
@@ -44,7 +44,8 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["RejectionSamplingConfig", "main", "policy_states", "replayer_for", "rescore", "run", "sample_states", "select_examples", "train_policy"]
+__all__ = ["RejectionSamplingConfig", "main", "policy_states", "replayer_for", "rescore", "run", "sample_states", "sampling_dtype", "select_examples",
+           "train_policy"]
 
 
 @dataclass
@@ -191,6 +192,12 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     return done, failed
 
 
+def sampling_dtype(meta: Mapping[str, Any]) -> str | None:
+    """The precision a samples file's ``config.json`` says its replies were drawn in; None when unknown. Files from
+    before the ``dtype`` field were drawn in float32 on a CPU and in bfloat16 on a GPU."""
+    return meta.get("dtype", "float32" if meta.get("device") == "cpu" else None)
+
+
 def _sample(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mapping[str, str]]], config: RejectionSamplingConfig,
             seed: int) -> list[list[str]]:
     """``samples_per_state`` replies for each prompt, drawn in one generate call at ``config.temperature`` from the
@@ -304,22 +311,21 @@ def demo_states(config: RejectionSamplingConfig, replayer: Any) -> list[dict[str
     from training.common import load_records
     from training.question_grpo import QuestionGRPOConfig, decision_states
 
+    sources = QuestionGRPOConfig(sources=config.sources).source_list()
     if config.states_file is not None:
         path = Path(config.states_file)
         if not path.is_file():
             raise ConfigError(f"states_file: {path} does not exist")
         rows = load_records(path)
-        allowed = set(QuestionGRPOConfig(sources=config.sources).source_list())
         for n, row in enumerate(rows, 1):
             missing = [k for k in _DEMO_FIELDS if k not in row]
             if missing:
                 raise ConfigError(f"{path}:{n}: field {missing[0]!r} missing (not a demo_states.jsonl of this tool)")
-            if row["source"] not in allowed:
-                raise ConfigError(f"{path}:{n}: field 'source' is {row['source']!r}, not one of this run's sources {sorted(allowed)}")
+            if row["source"] not in sources:
+                raise ConfigError(f"{path}:{n}: field 'source' is {row['source']!r}, not one of this run's sources {sorted(sources)}")
             if int(row["max_questions"]) != config.max_questions:
                 raise ConfigError(f"{path}:{n}: field 'max_questions' is {row['max_questions']}, but this run has {config.max_questions}")
         return rows
-    sources = QuestionGRPOConfig(sources=config.sources).source_list()
     rows = decision_states(sources, max_questions=config.max_questions, rounds=config.demo_rounds,
                            data_dir=config.data_dir, patient=replayer.patient)
     out = Path(config.output_dir) / "demo_states.jsonl"
@@ -366,6 +372,10 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
     model.eval()
     start = time.perf_counter()
     sampled = failed = 0
+
+    def failure(i: int, err: Exception) -> dict[str, Any]:  # a bad rollout is data: recorded, counted, retried on resume
+        return {"key": _state_key(rows[i]), "state": i, "error": f"{type(err).__name__}: {err}"}
+
     with path.open("a", encoding="utf-8") as f:
         for first in range(0, len(todo), config.state_batch):
             if config.max_minutes is not None and time.perf_counter() - start >= config.max_minutes * 60:
@@ -377,14 +387,14 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
                 try:
                     replayer.check(rows[i])
                     ready.append(i)
-                except Exception as err:  # a bad rollout is data: recorded, counted, retried on resume
-                    recs[i] = {"key": _state_key(rows[i]), "state": i, "error": f"{type(err).__name__}: {err}"}
+                except Exception as err:
+                    recs[i] = failure(i, err)
             try:
                 texts = _sample(model, tokenizer, [rows[i]["prompt"] for i in ready], config, seed=config.seed * 1_000_003 + batch[0]) if ready else []
             except Exception as err:
                 if type(err).__name__ == "OutOfMemoryError":  # every later batch would fail alike: stop, say so
                     raise ConfigError(f"out of device memory sampling {len(ready)} states at once; lower state_batch") from err
-                recs.update({i: {"key": _state_key(rows[i]), "state": i, "error": f"{type(err).__name__}: {err}"} for i in ready})
+                recs.update({i: failure(i, err) for i in ready})
                 ready, texts = [], []
             for i, replies in zip(ready, texts, strict=True):
                 row = rows[i]
@@ -393,7 +403,7 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
                     recs[i] = {"key": _state_key(row), "state": i, "source": row["source"], "case_id": row["case_id"],
                                "prompt": row["prompt"], "replies": outs}
                 except Exception as err:
-                    recs[i] = {"key": _state_key(row), "state": i, "error": f"{type(err).__name__}: {err}"}
+                    recs[i] = failure(i, err)
             for i in batch:
                 failed += "error" in recs[i]
                 sampled += "error" not in recs[i]
@@ -492,7 +502,7 @@ def run(config: RejectionSamplingConfig) -> dict[str, Any]:
     meta_path = out / "config.json"
     if (out / "samples.jsonl").exists() and meta_path.exists() and config.stage != "train":
         before = json.loads(meta_path.read_text(encoding="utf-8"))
-        before.setdefault("dtype", "float32" if before.get("device") == "cpu" else None)  # older files: bfloat16 on a GPU
+        before["dtype"] = sampling_dtype(before)
         for key in _SAMPLING_FIELDS:
             if before.get(key) != getattr(config, key):
                 raise ConfigError(f"{meta_path}: field {key!r} was {before.get(key)!r} for the samples already in samples.jsonl, now "
