@@ -219,3 +219,31 @@ def test_sampled_quality_compares_files_on_the_states_they_share(tmp_path: Path)
     assert ra["best_of_n_facts_per_state"] == pytest.approx(0.5) and rb["best_of_n_facts_per_state"] == pytest.approx(1.5)
     with pytest.raises(ConfigError, match="share no state"):
         sampled_quality([a, write("c.jsonl", {"other": [_reply("ASK: q", 0.98)]})])
+
+
+def test_iterations_table_reads_each_iterations_samples_and_update(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m training.question_ppo iterations STAGE``: one row per qs-<i>, numbered as numbers (10 after 2),
+    an update that never ran says so, and a folder of anything else is one clear error."""
+    from training.question_ppo import iterations_markdown, main
+
+    stage = tmp_path / "stage"
+    for i, model in ((1, "/x/sft/model"), (2, str(stage / "qp-1" / "policy")), (10, str(stage / "qp-2" / "policy"))):
+        _write_samples(stage / f"qs-{i}", model=model)
+    for i, kl in ((1, 0.01), (2, 0.03)):
+        (stage / f"qp-{i}").mkdir()
+        (stage / f"qp-{i}" / "summary.json").write_text(json.dumps({"steps": 4, "train_seconds": 12.34}), encoding="utf-8")
+        rows = [{"step": s, "epoch": 1 if s <= 2 else 2, "kl_ref": 9.0 if s <= 2 else kl, "clip_fraction": 0.1 * s, "ratio": 1.0}
+                for s in range(1, 5)]
+        (stage / f"qp-{i}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    table = iterations_markdown(stage).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| 1", "| 2", "| 10"]
+    # 5 states, 18 replies, 14 ask; facts: 1 per fever question (4), 2 per cough question on states b and d (4);
+    # best per state 1, 2, 1, 2, 0.
+    first = table[2].split(" | ")
+    assert first[1:6] == ["`sft/model`", "5", f"{14 / 18:.1%}", f"{8 / 14:.3f}", f"{6 / 5:.2f}"]
+    assert first[6:] == ["4", "12", "0.0100", "0.3500", "1.0000 |"]  # the last epoch's means, not the whole run's
+    assert table[3].split(" | ")[1] == "`qp-1/policy`" and table[3].split(" | ")[8] == "0.0300"
+    assert "not run" in table[4]
+    assert main(["iterations", str(stage)]) == 0 and capsys.readouterr().out.splitlines() == table
+    with pytest.raises(ConfigError, match="not an iterated question-PPO run"):
+        iterations_markdown(tmp_path)

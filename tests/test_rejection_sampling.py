@@ -149,7 +149,8 @@ def test_states_are_built_once_and_batched_sampling_is_left_padded_and_seeded(ti
     torch.set_num_threads(1)
     kw: dict[str, Any] = dict(model=str(tiny_dir), sources="builtin", demo_rounds=1, samples_per_state=2, max_new_tokens=6,
                               max_states=3, torch_threads=1, device="cpu")
-    built = rs.run(RejectionSamplingConfig(**kw, output_dir=str(tmp_path / "states"), stage="states"))
+    # min_turn picks states at sampling time; the file, and the count reported, hold every state.
+    built = rs.run(RejectionSamplingConfig(**kw, output_dir=str(tmp_path / "states"), stage="states", min_turn=1))
     states_file = tmp_path / "states" / "demo_states.jsonl"
     rows = [json.loads(line) for line in states_file.read_text(encoding="utf-8").splitlines()]
     assert built["states"] == len(rows) > 3 and not (tmp_path / "states" / "samples.jsonl").exists()

@@ -39,6 +39,8 @@ Another iteration samples from ``<output_dir>/policy`` (``--states policy``) and
         --temperature 0.8 --stage sample
     python -m training.question_ppo --model runs/ppo-from-sft/sft/model --samples runs/question-rft/samples.jsonl \\
         --output-dir runs/question-ppo --rescore
+    python -m training.question_ppo curve runs/question-ppo          # the update's learning curve
+    python -m training.question_ppo iterations STAGE                 # one row per iteration of offline_gpu_qppo.sh
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["QuestionPPOConfig", "curve_markdown", "group_advantages", "main", "policy_shift", "reply_logprobs", "sampled_quality", "train_question_ppo"]
+__all__ = ["QuestionPPOConfig", "curve_markdown", "group_advantages", "iterations_markdown", "main", "policy_shift", "reply_logprobs", "sampled_quality", "train_question_ppo"]
 
 
 @dataclass
@@ -451,6 +453,37 @@ def curve_markdown(metrics_path: str | Path, block: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
+def iterations_markdown(stage: str | Path) -> str:
+    """One row per iteration of an iterated run (``training/offline_gpu_qppo.sh``: ``qs-<i>`` holds the samples
+    drawn from the policy before iteration ``i``, ``qp-<i>`` its update), the train-side learning curve. Each
+    iteration draws its own states (seed ``i``), so the sampled columns compare different states."""
+    stage = Path(stage)
+    numbers = sorted(int(d.name[3:]) for d in stage.glob("qs-*") if d.name[3:].isdigit() and (d / "samples.jsonl").exists())
+    if not numbers:
+        raise ConfigError(f"{stage}: no qs-<i>/samples.jsonl (not an iterated question-PPO run)")
+    keys = ("kl_ref", "clip_fraction", "ratio")
+    lines = ["| iteration | sampled from | states | share asking | new facts / sampled question | best of n / state "
+             "| update steps | update s | KL to ref (last epoch) | clip fraction (last epoch) | ratio (last epoch) |",
+             "|" + "---|" * 11]
+    for i in numbers:
+        row = sampled_quality([str(stage / f"qs-{i}" / "samples.jsonl")])[0]
+        config = json.loads((stage / f"qs-{i}" / "config.json").read_text(encoding="utf-8"))
+        cells = [str(i), f"`{Path(config['model']).parent.name}/{Path(config['model']).name}`", str(row["states"]),
+                 f"{row['share_asking']:.1%}", "—" if row["facts_per_question"] is None else f"{row['facts_per_question']:.3f}",
+                 f"{row['best_of_n_facts_per_state']:.2f}"]
+        metrics_path, summary_path = stage / f"qp-{i}" / "metrics.jsonl", stage / f"qp-{i}" / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            metrics = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            last = [m for m in metrics if m["epoch"] == metrics[-1]["epoch"]]
+            cells += [str(summary["steps"]), f"{summary['train_seconds']:.0f}"]
+            cells += [f"{sum(m[k] for m in last) / len(last):.4f}" for k in keys]
+        else:
+            cells += ["not run"] + ["—"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from training.cli_rl import one_line_errors
 
@@ -468,6 +501,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv and argv[0] == "curve":
         print(curve_markdown(Path(argv[1]) / "metrics.jsonl"), end="")
+        return 0
+    if argv and argv[0] == "iterations":
+        print(iterations_markdown(argv[1]), end="")
         return 0
     if argv and argv[0] == "sampled":
         sampled = argparse.ArgumentParser(prog="python -m training.question_ppo sampled", description=sampled_quality.__doc__)

@@ -353,7 +353,8 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
         rows = policy_states(config, replayer, agent)
     else:
         rows = demo_states(config, replayer)
-        rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
+        if config.stage != "states":  # the file keeps every state; min_turn picks from it at sampling time
+            rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
     if config.stage == "states":
         return {"states": len(rows), "sampled_now": 0, "failed_now": 0, "complete": False}
     order = list(range(len(rows)))
