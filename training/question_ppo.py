@@ -440,9 +440,14 @@ def sampled_quality(files: Sequence[str], *, rescore: bool = False, config: Ques
     return rows
 
 
+def _metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The per-step rows of an update's ``metrics.jsonl``."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def curve_markdown(metrics_path: str | Path, block: int = 10) -> str:
     """The learning curve of a run as a markdown table, one row per ``block`` steps (means)."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _metrics(metrics_path)
     keys = ("loss", "ratio", "clip_fraction", "kl_ref", "mean_abs_log_ratio", "grad_norm")
     lines = ["| steps | epoch | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for start in range(0, len(rows), block):
@@ -474,7 +479,7 @@ def iterations_markdown(stage: str | Path) -> str:
         metrics_path, summary_path = stage / f"qp-{i}" / "metrics.jsonl", stage / f"qp-{i}" / "summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            metrics = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            metrics = _metrics(metrics_path)
             last = [m for m in metrics if m["epoch"] == metrics[-1]["epoch"]]
             cells += [str(summary["steps"]), f"{summary['train_seconds']:.0f}"]
             cells += [f"{sum(m[k] for m in last) / len(last):.4f}" for k in keys]

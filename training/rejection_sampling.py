@@ -349,14 +349,11 @@ def sample_states(config: RejectionSamplingConfig, agent: Any = None) -> dict[st
     env_config = QuestionGRPOConfig(sources=config.sources, data_dir=config.data_dir, max_questions=config.max_questions,
                                     demo_rounds=config.demo_rounds)
     replayer = DecisionReplayer(env_config)
-    if config.states == "policy":
-        rows = policy_states(config, replayer, agent)
-    else:
-        rows = demo_states(config, replayer)
-        if config.stage != "states":  # the file keeps every state; min_turn picks from it at sampling time
-            rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
+    rows = policy_states(config, replayer, agent) if config.states == "policy" else demo_states(config, replayer)
     if config.stage == "states":
         return {"states": len(rows), "sampled_now": 0, "failed_now": 0, "complete": False}
+    if config.states == "demos":  # the file keeps every state; min_turn picks from it at sampling time
+        rows = [r for r in rows if len(json.loads(r["prefix"])) >= config.min_turn]
     order = list(range(len(rows)))
     random.Random(config.seed).shuffle(order)  # a capped or interrupted run still covers every source
     if config.max_states is not None:
