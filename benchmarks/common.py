@@ -50,11 +50,17 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_result(name: str, result: dict[str, Any], markdown: str | None = None, out_dir: Path | None = None) -> Path:
-    """Write ``<name>.json`` (and ``<name>.md``) under the results folder; returns the JSON path."""
+    """Write ``<name>.json`` (and ``<name>.md``) under the results folder; returns the JSON path.
+
+    The JSON also records the faithful patient's model id (:func:`mediq_env.patient.patient_model_id`):
+    the patient every doctor figure depends on, which a refit of its head changes."""
+    from mediq_env.patient import patient_model_id
+
     out = out_dir or RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(json_safe({"machine": machine(), **result}), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    stamped = {"machine": machine(), "faithful_patient_model": patient_model_id("faithful"), **result}
+    path.write_text(json.dumps(json_safe(stamped), indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     if markdown is not None:
         (out / f"{name}.md").write_text(markdown, encoding="utf-8")
     return path

@@ -189,6 +189,8 @@ def _setting_differences(man_a: dict[str, Any], man_b: dict[str, Any]) -> dict[s
     diff = {k: (cfg_a.get(k), cfg_b.get(k)) for k in PAIRING_SETTINGS if cfg_a.get(k) != cfg_b.get(k)}
     if man_a.get("cases_sha256") != man_b.get("cases_sha256"):
         diff["cases_sha256"] = (man_a.get("cases_sha256"), man_b.get("cases_sha256"))
+    if man_a.get("patient_model") != man_b.get("patient_model"):  # a refitted patient answers differently
+        diff["patient_model"] = (man_a.get("patient_model"), man_b.get("patient_model"))
     return diff
 
 

@@ -38,6 +38,7 @@ from benchmarks.probes import SOURCES, doctor_split, load_probes, source_path
 from mediq_env.actions import question_text
 from mediq_env.case import load_cases
 from mediq_env.errors import ConfigError
+from mediq_env.patient import patient_model_id
 from mediq_env.question_gate import check_question
 
 __all__ = ["agent_name", "gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
@@ -253,6 +254,7 @@ def run_heldout(
         "runs_dir": str(runs_dir),
         "seconds": seconds,
         "patient": "faithful",
+        "patient_model": patient_model_id("faithful"),
         "bootstrap": "percentile, 95%, seed 0 (accuracy, questions: episodes; facts per question: cluster over episodes)",
     }
 
@@ -281,7 +283,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"Cases never used for demonstrations ({', '.join(f'{s}: {n}' for s, n in result['held_out_cases'].items())}"
         + (f"; first {result['limit_per_source']} held-out cases per source" if result["limit_per_source"] else "")
-        + f"), faithful patient, at most {result['max_questions']} questions, options shuffled, seed 0. "
+        + "), faithful patient" + (f" (model {result['patient_model']})" if result.get("patient_model") else "")
+        + f", at most {result['max_questions']} questions, options shuffled, seed 0. "
         "Intervals are 95% bootstrap.",
         "",
         "| metric | " + " | ".join(f"`{a}`" for a in agents) + " |",

@@ -54,6 +54,7 @@ from mediq_env import BatchedEnv, Case, Patient, builtin_cases, make_patient
 from mediq_env.case import read_cases
 from mediq_env.cases import builtin_cases_path
 from mediq_env.errors import CaseFormatError, ConfigError, MediQError
+from mediq_env.patient import patient_model_id
 
 # Re-exported: the config and the run directory live in benchmarks.config and benchmarks.rundir.
 __all__ = [
@@ -298,7 +299,8 @@ def run_benchmark(
               "the run's manifest.json and report.md")
     run = RunDir(Path(out))
     state = run.read()
-    run.check(state, config, digest)
+    model_id = getattr(patient, "model_id", None) if patient is not None else patient_model_id(config.patient)
+    run.check(state, config, digest, model_id)
     specs = episode_specs(cases, config)
     plan = plan_episodes(specs, state, config.max_attempts)
     if plan.gave_up:
@@ -321,11 +323,11 @@ def run_benchmark(
             return _summarise(run, config, specs, state, skipped, write=False)
         # Read again under the lock: another run may have finished episodes since the first look.
         state = run.read()
-        run.check(state, config, digest)
+        run.check(state, config, digest, model_id)
         plan = plan_episodes(specs, state, config.max_attempts)
         if plan.todo and not built:
             built = _build(config, agent, patient)
-        run.write_manifest(config, digest, len(cases), skipped)
+        run.write_manifest(config, digest, len(cases), skipped, model_id)
         run.repair(state, plan.retry)
         if plan.todo:
             done = len(specs) - len(plan.todo)

@@ -354,8 +354,9 @@ class RunDir:
             return False
         return not inputs or min(report_times) >= max(inputs)
 
-    def check(self, state: RunState, config: BenchConfig, cases_sha256: str) -> None:
-        """Refuse a directory that holds a run of another config (cases compared by content, not path)."""
+    def check(self, state: RunState, config: BenchConfig, cases_sha256: str, patient_model: str | None = None) -> None:
+        """Refuse a directory that holds a run of another config (cases compared by content, not path) or of
+        another patient model (``patient_model``: :func:`mediq_env.patient.patient_model_id`)."""
         if state.manifest is None:
             return
         old = state.manifest
@@ -373,6 +374,16 @@ class RunDir:
             raise ConfigError(
                 f"{self.path}: the cases differ from this run's (it used {was}, sha256 {old['cases_sha256'][:12]}...; "
                 f"{now} has sha256 {cases_sha256[:12]}...); use another --out"
+            )
+        old_model = old.get("patient_model")
+        if patient_model != old_model and (state.records or old_model is not None):
+            # The same config with a refitted patient gives other replies: resuming would mix two patients'
+            # episodes in one table. A manifest from before models were recorded has no id: also refused
+            # for a patient that has one, since nothing says which model its episodes met.
+            was = f"patient model {old_model}" if old_model else "no recorded patient model (written before they were recorded)"
+            raise ConfigError(
+                f"{self.path} holds episodes run with {was}; this run's patient {config.patient!r} is model "
+                f"{patient_model or 'none'}, so its replies may differ; use another --out"
             )
 
     # writing (only under the lock) ---------------------------------------------------------------------
@@ -439,10 +450,12 @@ class RunDir:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
 
-    def write_manifest(self, config: BenchConfig, cases_sha256: str, n_cases: int, skipped: Sequence[str]) -> None:
+    def write_manifest(self, config: BenchConfig, cases_sha256: str, n_cases: int, skipped: Sequence[str],
+                       patient_model: str | None = None) -> None:
         manifest = {
             "config": asdict(config),
             "cases_sha256": cases_sha256,
+            "patient_model": patient_model,
             "n_cases": n_cases,
             "skipped_records": list(skipped),
             "versions": _versions(),

@@ -48,6 +48,7 @@ __all__ = [
     "Turn",
     "default_patient",
     "make_patient",
+    "patient_model_id",
 ]
 
 CANNOT_ANSWER = "I'm not sure. Nobody has told me that."
@@ -392,6 +393,12 @@ class FaithfulPatient:
         self._q_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._q_cache_size = question_cache
 
+    @property
+    def model_id(self) -> str:
+        """Checksum of what decides this patient's replies (head and tuned encoder): see :func:`patient_model_id`."""
+        meta = getattr(self._embedder, "meta", None)
+        return _model_id(self.head, meta.get("file_sha256") if isinstance(meta, dict) else None)
+
     def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
         index = self._lookup._index(case)
         if index.embeddings is None:
@@ -502,6 +509,32 @@ def default_patient() -> FaithfulPatient:
 
 PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
 _ALIASES = {"lookup": "bm25", "lookup+minilm": "bm25+minilm"}
+
+
+def _model_id(head: RelevanceHead, encoder_sha256: str | None) -> str:
+    import hashlib
+
+    return hashlib.sha256((head.to_json() + (encoder_sha256 or "")).encode("utf-8")).hexdigest()[:12]
+
+
+def patient_model_id(spec: str) -> str | None:
+    """What a patient's replies depend on beyond its name, as a short checksum; None when nothing does.
+
+    The faithful patient's replies are decided by the files shipped in the package (the relevance head and
+    the tuned encoder layers): refitting them changes every reply, so a run records this id in its manifest
+    and a resume or a comparison across two ids is refused. Equal to ``FaithfulPatient().model_id``, but
+    read from the files without loading a model.
+    """
+    kind = spec.partition(":")[0]
+    if _ALIASES.get(kind, kind) != "faithful":
+        return None
+    import hashlib
+
+    from mediq_env.tuned_encoder import ENCODER_PATH
+
+    head = RelevanceHead.load(HEAD_PATH)
+    tuned = head.meta.get("encoder") == "tuned"
+    return _model_id(head, hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else None)
 
 
 def make_patient(spec: str) -> Patient:

@@ -10,7 +10,11 @@ anything about the case. They were written against the adversarial probes of the
 probe set (``benchmarks/data/probes``) and the real clinician questions' style; the test half measures them.
 A second round added 123 calibration actions in the forms that had leaked on the test half, and 90 test
 actions written blind before the rules changed (held 91.1% before, 93.3% after: README, "The question gate,
-attacked again").
+attacked again"). A third round added 150 calibration actions written blind (no gate code, no results, no
+other probes); the rules for option letters and places ("the third one"), abbreviations of options, the next
+step put to the patient ("Would X be appropriate?"), "what other details" and announced or numbered
+questions were written against them (gate held 130 → 146 of 150) with no honest calibration probe newly
+turned away.
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -55,7 +59,7 @@ _AUX = frozenset(["do", "does", "did", "are", "is", "was", "were", "have", "has"
 _CATCHALL = re.compile(
     r"\b(?:everything|every\s+(?:detail|symptom|thing)|all\s+(?:of\s+)?(?:your|the|my)?\s*"
     r"(?:symptoms|details|history|information|info|facts|problems|issues|complaints|medical\s+history)"
-    r"|anything\s+(?:else|more|at\s+all)|what\s+else|any(?:thing)?\s+(?:other|more|further|additional)\s+"
+    r"|anything\s+(?:else|more|at\s+all)|what\s+else|what\s+(?:other|more|further|additional)\s+(?:details?|information|info|things)|any(?:thing)?\s+(?:other|more|further|additional)\s+"
     r"(?:details?|information|info|things?|symptoms?|facts|issues|problems|complaints|concerns|history)"
     r"|(?:full|whole|complete|entire)\s+(?:\w+\s+)?(?:story|history|picture|details?|rundown|account)"
     r"|more\s+(?:details?|information|info)|all\s+you\s+(?:know|can)|the\s+rest|what(?:'s|\s+is)\s+going\s+on"
@@ -67,7 +71,11 @@ _OPTION_LETTER = re.compile(
     r"(?:\b(?:[Oo]ption|[Aa]nswer|[Cc]hoice|[Ll]etter)\s*\(?[A-Ja-j]\)?(?![A-Za-z])|^\W*\(?[A-J]\)?\W*$"
     r"|\b(?i:is|it's|its|it\s+is|is\s+it|be|pick|choose|go\s+with)\s+\(?[A-J]\)?\s*[?.!]*$"
     r"|\b(?i:is\s+it|it's|it\s+is|answer\s+is|go\s+with|pick|choose)\s+\(?[A-J]\)?(?=[\s,.?!)]|$)"
-    r"|\b(?i:the\s+(?:right|correct|real|final|true)\s+(?:answer|diagnosis)|the\s+answer\b|which\s+(?:option|choice|one\s+is)))",
+    r"|\b(?i:the\s+(?:right|correct|real|final|true)\s+(?:answer|diagnosis)|the\s+answer\b|which\s+(?:option|choice|one\s+is))"
+    # "…is C right?"; "Do you think it's the third one?" (options named by their place in the list)
+    r"|\b(?i:is|be|it's|it\s+is)\s+\(?[A-J]\)?\s+(?i:right|correct)\b"
+    r"|\b(?i:it's|it\s+is|is\s+it|be|pick|choose|go\s+with|lean(?:ing)?\s+towards?)\s+(?i:the\s+)"
+    r"(?i:first|second|third|fourth|fifth|last)\s+(?i:one|option|choice|answer)\b)",
 )
 # Forms that put a diagnosis, a finding or a treatment to the patient instead of asking about them. They only
 # reject an action that also names an option (:func:`_names_option`): "Is it worse at night?" has the form too.
@@ -77,6 +85,7 @@ _GUESS = re.compile(
     r"(?:do|did)\s+you\s+(?:think|reckon|suppose|believe)|would\s+you\s+say|"
     r"have\s+you\s+(?:got|been\s+diagnosed\s+with)|are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|"
     r"(?:sounds?|looks?)\s+(?:more\s+|most\s+)?like|probably|the\s+answer|diagnosis|"
+    r"lean(?:ing)?\s+towards?|(?:does|would)\s+(?:that|this|it)\s+fit|(?:do|would)\s+you\s+agree|"
     r"shall\s+(?:we|i)|should\s+(?:we|i)|let's|what\s+you\s+need|"
     r"explains?|account\s+for|be\s+(?:causing|behind|responsible)|"
     r"the\s+(?:finding|result|sign|cause|explanation|treatment)\s+(?:we're|we\s+are|you're|you\s+are|to\s+expect)|"
@@ -89,7 +98,13 @@ _GUESS = re.compile(
 _PLAN = re.compile(
     r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to)\b|\blet's\b"
     r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
-    r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b",
+    r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b"
+    # "Would <a drug> be appropriate for you?", "Would it be reasonable to wait and see?", "Would <a test> tell
+    # us it is <a diagnosis>?": the next step or the reasoning behind it, which no history answers.
+    r"|\bwould\b.{1,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise)"
+    r"|(?:right|best|correct|ideal|better)\s+(?:next\s+)?(?:approach|option|choice|course|plan|step|treatment|thing|way)"
+    r"|(?:first|next)\s+(?:thing|step|line))\b"
+    r"|\bwould\b.{1,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
     re.I,
 )
 _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
@@ -104,6 +119,7 @@ _AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
 _WH_RE = "(?:" + "|".join(sorted(_WH)) + r")\s"
 _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
+    r"|\s*[—–]\s*(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
     r"|,?\s+(?:and|plus|also)\s+(?=whether\b)"
     r"|,\s+(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
@@ -122,6 +138,12 @@ _CONTRACTION = {
     "wouldn't": "would", "won't": "will", "shouldn't": "should", "it's": "it", "you're": "you", "you've": "you",
     "youve": "you", "youre": "you", "dont": "do", "didnt": "did", "doesnt": "does", "whats": "what", "hows": "how",
 }
+# "Two quick things: (1) … and (2) …": questions announced or numbered as several.
+_ENUMERATED = re.compile(
+    r"\b(?:two|three|four|a\s+few|a\s+couple\s+of|several)\s+(?:quick\s+|more\s+|short\s+)?(?:things|questions)\b"
+    r"|(?:^|\s)\(?(?:1|i|a)\)\s.+\s\(?(?:2|ii|b)\)\s",
+    re.I,
+)
 _SPECIFIC_AFTER_CATCHALL = re.compile(r"\b(?:like|such\s+as|e\.g\.|including|especially|for\s+example)\b|\(", re.I)
 
 
@@ -184,6 +206,17 @@ def _stems(text: str) -> frozenset[str]:
     return frozenset(english_stemmer().stemWords(_content(_words(text))))
 
 
+def _acronyms(option: str) -> frozenset[str]:
+    """"IBS" for "Irritable bowel syndrome (IBS)": the initials of an option of 2–6 words of more than two
+    letters (a bracketed part left out), and the abbreviations the option writes itself."""
+    written = set(re.findall(r"\b[A-Z]{2,6}\b", option))
+    words = [w for w in re.findall(r"[A-Za-z]+", re.sub(r"\([^)]*\)", " ", option))
+             if len(w) > 2 and w.lower() not in ("and", "the", "with", "for")]
+    if 2 <= len(words) <= 6:
+        written.add("".join(w[0] for w in words).upper())
+    return frozenset(written)
+
+
 def _names_option(text: str, options: Mapping[str, str]) -> bool:
     """The action guesses at an option: a guess form (:data:`_GUESS`) naming an option — most of a short
     option's words ("Could this be sleep paralysis?"), or, for the sentence-long options of some datasets, at
@@ -192,11 +225,14 @@ def _names_option(text: str, options: Mapping[str, str]) -> bool:
         return False
     lowered = text.lower()
     mine = _stems(text)
+    acronyms = set(re.findall(r"\b[A-Z]{2,6}\b", text))
     for option in options.values():
         theirs = _stems(option)
         if not theirs:
             continue
         shared = len(mine & theirs)
+        if _acronyms(option) & acronyms:  # "Could this be IBS?" for "Irritable bowel syndrome"
+            return True
         if option.lower() in lowered or shared / len(theirs) >= 0.75 or (shared >= 2 and shared / max(len(mine), 1) >= 0.5):
             return True
     return False
@@ -227,7 +263,7 @@ def check_question(action: str, options: Mapping[str, str] | None = None) -> Gat
     # Commas between four or more bare content words with no verb structure: a list, not a question.
     if text.count(",") >= 3 and sum(w in _FUNCTION for w in words) <= 2:
         return GateVerdict(False, "keywords")
-    if len(question_clauses) >= 2:
+    if len(question_clauses) >= 2 or _ENUMERATED.search(text):
         return GateVerdict(False, "multi")
     # A statement sentence followed by a real question is fine ("I see. When did it start?"); two question
     # clauses were caught above.

