@@ -103,8 +103,8 @@ _PLAN = re.compile(
     # us it is <a diagnosis>?": the next step or the reasoning behind it, which no history answers.
     r"|\bwould\b.{1,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise)"
     r"|(?:right|best|correct|ideal|better)\s+(?:next\s+)?(?:approach|option|choice|course|plan|step|treatment|thing|way)"
-    r"|(?:first|next)\s+(?:thing|step|line))\b"
-    r"|\bwould\b.{1,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
+    r"|(?:first|next)\s+(?:thing\s+to\s+(?:give|try|do|start)|step|line))\b"
+    r"|\bwould\s+(?!you\b).{1,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
     re.I,
 )
 _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
@@ -140,7 +140,7 @@ _CONTRACTION = {
 }
 # "Two quick things: (1) … and (2) …": questions announced or numbered as several.
 _ENUMERATED = re.compile(
-    r"\b(?:two|three|four|a\s+few|a\s+couple\s+of|several)\s+(?:quick\s+|more\s+|short\s+)?(?:things|questions)\b"
+    r"\b(?:two|three|four|a\s+few|a\s+couple\s+of|several)\s+(?:quick\s+|more\s+|short\s+)?(?:things|questions)\s*[:—–]"
     r"|(?:^|\s)\(?(?:1|i|a)\)\s.+\s\(?(?:2|ii|b)\)\s",
     re.I,
 )

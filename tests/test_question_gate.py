@@ -35,6 +35,9 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Would it be worse if you lay flat?",
         "Have you had an EEG?",  # an abbreviation that names no option
         "What other medicines have you tried for it?",
+        "Have you noticed several things that make it worse?",
+        "Would you confirm your date of birth?",
+        "Would the pain be the first thing you notice in the morning?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
