@@ -22,7 +22,10 @@ import argparse
 import dataclasses
 import hashlib
 import itertools
+import os
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -162,20 +165,48 @@ def _load_fold(cache: Path | None, fold: int, key: str, n_probes: int) -> list[n
     path = None if cache is None else _cache_file(cache, fold)
     if path is None or not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["key"]) != key or len(z["lengths"]) != n_probes:
-            print(f"{path}: features for other probes or settings; recomputing", flush=True)
-            return None
-        return np.split(z["x"], np.cumsum(z["lengths"])[:-1])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key or len(z["lengths"]) != n_probes:
+                print(f"{path}: features for other probes or settings; recomputing", flush=True)
+                return None
+            return np.split(z["x"], np.cumsum(z["lengths"])[:-1])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # cut short or damaged: a miss, not a crash
+        print(f"{path}: unreadable features cache ({type(exc).__name__}: {exc}); recomputing", flush=True)
+        return None
 
 
 def _save_fold(cache: Path | None, fold: int, key: str, xs: list[np.ndarray]) -> None:
     if cache is None:
         return
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = _cache_file(cache, fold).with_suffix(".tmp.npz")
-    np.savez(tmp, key=np.array(key), lengths=np.array([len(x) for x in xs]), x=np.concatenate(xs))
-    tmp.replace(_cache_file(cache, fold))  # a fold cut short leaves no half-written cache
+    # A temporary file of this process's own, renamed into place: a fold cut short leaves no half-written
+    # cache, and two processes writing the same fold (--only-folds beside a full run) do not collide.
+    fd, tmp = tempfile.mkstemp(prefix=f"fold{fold}.", suffix=".tmp.npz", dir=cache)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, key=np.array(key), lengths=np.array([len(x) for x in xs]), x=np.concatenate(xs))
+        os.replace(tmp, _cache_file(cache, fold))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _features_key(probes: list[Probe], fold: list[int], args: argparse.Namespace, base: Any) -> str:
+    """What a fold's features depend on: the probes and their cases' facts, the folds, the encoder settings and
+    base model, the feature list, and the code that computes features and tunes the encoder."""
+    from mediq_env import patient as patient_module
+    from mediq_env import relevance, tuned_encoder
+    from mediq_env.tuned_encoder import _base_fingerprint
+
+    facts = {(p.source, p.case_id): load_probe_cases(p.source)[p.case_id].facts for p in probes}
+    code = [Path(m.__file__).read_bytes() for m in (relevance, patient_module, tuned_encoder) if m.__file__]
+    code.append(Path(fine_tune.__code__.co_filename).read_bytes())
+    base_id = _base_fingerprint(base[0].auto_model) if args.encoder == "tuned" else "plain"
+    return hashlib.sha256(repr((
+        [(p.source, p.case_id, p.question, p.answers) for p in probes], sorted(facts.items()), fold, args.encoder,
+        args.top_layers, args.epochs, args.lr, base_id, FEATURES, [hashlib.sha256(c).hexdigest() for c in code],
+    )).encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="compute and cache these folds' features (comma-separated, 0-based) and stop: with "
                              "--features-cache, several processes share the folds between cores")
     args = parser.parse_args(argv)
+    folds_asked: list[int] = []
+    if args.only_folds is not None:
+        if args.features_cache is None:
+            parser.error("--only-folds needs --features-cache (the folds' features would be thrown away)")
+        try:
+            folds_asked = [int(x) for x in args.only_folds.split(",") if x.strip()]
+        except ValueError:
+            folds_asked = []
+        if not folds_asked or any(not 0 <= f < args.folds for f in folds_asked):
+            parser.error(f"--only-folds: comma-separated fold numbers in 0..{args.folds - 1}, got {args.only_folds!r}")
     import torch
 
     torch.set_num_threads(1)  # reproducible sums; the fit is single-core by design
@@ -214,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             return base
         return fine_tune(train, base, top_layers=args.top_layers, epochs=args.epochs, lr=args.lr)
 
-    key = hashlib.sha256(repr(([(p.source, p.case_id, p.question, p.answers) for p in probes], fold, args.encoder,
-                               args.top_layers, args.epochs, args.lr)).encode()).hexdigest()
+    key = _features_key(probes, fold, args, base)
 
     def fold_features(f: int) -> list[np.ndarray]:
         """Every probe's features under the encoder and centres of fold f (fitted without fold f)."""
@@ -229,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return xs
 
     if args.only_folds is not None:
-        for f in (int(x) for x in args.only_folds.split(",")):
+        for f in folds_asked:
             fold_features(f)
         return 0
     if not args.cv_only:

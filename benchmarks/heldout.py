@@ -162,6 +162,7 @@ def run_heldout(
     progress: bool = False,
     compare_with: str = "previous",
     redraw_repeats: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Run every agent on every source's held-out cases (resuming finished runs) and pool the results.
 
@@ -195,7 +196,8 @@ def run_heldout(
         agent_spec, _, decisions = spec.partition(DECISIONS)
         for source, path in case_files.items():
             config = BenchConfig(agent=agent_spec, cases=str(path), max_questions=max_questions, decision_model=decisions or None,
-                                 modes=("interactive",), batch_size=batch_size, redraw_repeats=redraw_repeats)
+                                 modes=("interactive",), batch_size=batch_size, redraw_repeats=redraw_repeats,
+                                 seed=seed)
             run_dir = runs_dir / f"{agent}-{source}"
             start = time.perf_counter()
             resumed = _finished(run_dir, len(case_ids[source]))
@@ -251,6 +253,7 @@ def run_heldout(
         "comparisons": comparisons,
         "compare_with": compare_with,
         "redraw_repeats": redraw_repeats,
+        "seed": seed,
         "runs_dir": str(runs_dir),
         "seconds": seconds,
         "patient": "faithful",
@@ -284,7 +287,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Cases never used for demonstrations ({', '.join(f'{s}: {n}' for s, n in result['held_out_cases'].items())}"
         + (f"; first {result['limit_per_source']} held-out cases per source" if result["limit_per_source"] else "")
         + "), faithful patient" + (f" (model {result['patient_model']})" if result.get("patient_model") else "")
-        + f", at most {result['max_questions']} questions, options shuffled, seed 0. "
+        + f", at most {result['max_questions']} questions, options shuffled, seed {result.get('seed', 0)}. "
         "Intervals are 95% bootstrap.",
         "",
         "| metric | " + " | ".join(f"`{a}`" for a in agents) + " |",
@@ -328,6 +331,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               + ("" if agents == list(DEFAULT_AGENTS) else " --agents " + ",".join(f"{a}={specs.get(a, a)}" if specs.get(a, a) != a else a for a in agents))
               + ("" if result.get("compare_with", "previous") == "previous" else f" --compare-with {result['compare_with']}")
               + (f" --redraw-repeats {result['redraw_repeats']}" if result.get("redraw_repeats") is not None else "")
+              + (f" --seed {result['seed']}" if result.get("seed") else "")
               + ("" if result.get("runs_dir", "runs/heldout") == "runs/heldout" else f" --runs-dir {result['runs_dir']}")
               + ("" if result.get("stem", "heldout") == "heldout" else f" --stem {result['stem']}") + "`"]
     return "\n".join(lines) + "\n"
@@ -350,13 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pair each agent with the one listed before it, or every agent with the first")
     parser.add_argument("--redraw-repeats", type=int, metavar="N",
                         help="every LLM agent redraws a question that restates an earlier one, up to N times (benchmarks.run)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="episode seed (option order and each episode's draws); another seed replicates a comparison")
     args = parser.parse_args(argv)
     result = run_heldout(
         agents=[a.strip() for a in args.agents.split(",") if a.strip()],
         sources=[s.strip() for s in args.sources.split(",") if s.strip()],
         max_questions=args.max_questions, limit=args.limit, runs_dir=Path(args.runs_dir),
         data_dir=args.data_dir, batch_size=args.batch_size, progress=args.progress, compare_with=args.compare_with,
-        redraw_repeats=args.redraw_repeats,
+        redraw_repeats=args.redraw_repeats, seed=args.seed,
     )
     result["stem"] = args.stem
     out = Path(args.results_dir)

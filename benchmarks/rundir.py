@@ -376,14 +376,17 @@ class RunDir:
                 f"{now} has sha256 {cases_sha256[:12]}...); use another --out"
             )
         old_model = old.get("patient_model")
-        if patient_model != old_model and (state.records or old_model is not None):
-            # The same config with a refitted patient gives other replies: resuming would mix two patients'
-            # episodes in one table. A manifest from before models were recorded has no id: also refused
-            # for a patient that has one, since nothing says which model its episodes met.
-            was = f"patient model {old_model}" if old_model else "no recorded patient model (written before they were recorded)"
+        if patient_model != old_model and state.records:
+            # The same config with a refitted patient gives other replies: resuming, or summarising into a table
+            # of this patient's runs (benchmarks.heldout re-reads finished runs), would mix two patients'
+            # episodes. A manifest with no id was written before ids were recorded, or by a run given a patient
+            # object that has none: nothing says which model its episodes met.
+            was = (f"patient model {old_model}" if old_model
+                   else "no recorded patient model (written before ids were recorded, or given a patient object without one)")
             raise ConfigError(
                 f"{self.path} holds episodes run with {was}; this run's patient {config.patient!r} is model "
-                f"{patient_model or 'none'}, so its replies may differ; use another --out"
+                f"{patient_model or 'none'}, so its replies may differ; use another run directory (--out of mediq bench, "
+                "--runs-dir of benchmarks.heldout)"
             )
 
     # writing (only under the lock) ---------------------------------------------------------------------

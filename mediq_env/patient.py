@@ -335,6 +335,9 @@ def _find_model_dir(root: Any) -> Any:
 # The faithful default
 
 
+_DEFAULT_REPEAT_SIMILARITY = 0.62
+
+
 class FaithfulPatient:
     """Gate, score every fact, decide per fact with a learned head, abstain when none answers.
 
@@ -363,7 +366,7 @@ class FaithfulPatient:
         gate: bool = True,
         cache_size: int = 4096,
         question_cache: int = 65536,
-        repeat_similarity: float = 0.62,
+        repeat_similarity: float = 0.62,  # _DEFAULT_REPEAT_SIMILARITY
     ) -> None:
         if not 0 < repeat_similarity <= 1:
             raise ConfigError(f"repeat_similarity must be in (0, 1], got {repeat_similarity}")
@@ -397,7 +400,10 @@ class FaithfulPatient:
     def model_id(self) -> str:
         """Checksum of what decides this patient's replies (head and tuned encoder): see :func:`patient_model_id`."""
         meta = getattr(self._embedder, "meta", None)
-        return _model_id(self.head, meta.get("file_sha256") if isinstance(meta, dict) else None)
+        # Settings that change replies enter the id only when they differ from the defaults, so that the
+        # default patient's id can be read from the shipped files alone (patient_model_id).
+        extra = "" if self.gate and self.repeat_similarity == _DEFAULT_REPEAT_SIMILARITY else f";gate={self.gate};repeat={self.repeat_similarity}"
+        return _model_id(self.head, ((meta.get("file_sha256") or "") if isinstance(meta, dict) else "") + extra)
 
     def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
         index = self._lookup._index(case)

@@ -13,8 +13,8 @@ actions written blind before the rules changed (held 91.1% before, 93.3% after: 
 attacked again"). A third round added 150 calibration actions written blind (no gate code, no results, no
 other probes); the rules for option letters and places ("the third one"), abbreviations of options, the next
 step put to the patient ("Would X be appropriate?"), "what other details" and announced or numbered
-questions were written against them (gate held 130 → 146 of 150) with no honest calibration probe newly
-turned away.
+questions were written against them (gate held 130 → 145 of 150) with no honest calibration probe newly
+turned away, then narrowed after a review found honest questions the first version turned away.
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -59,7 +59,7 @@ _AUX = frozenset(["do", "does", "did", "are", "is", "was", "were", "have", "has"
 _CATCHALL = re.compile(
     r"\b(?:everything|every\s+(?:detail|symptom|thing)|all\s+(?:of\s+)?(?:your|the|my)?\s*"
     r"(?:symptoms|details|history|information|info|facts|problems|issues|complaints|medical\s+history)"
-    r"|anything\s+(?:else|more|at\s+all)|what\s+else|what\s+(?:other|more|further|additional)\s+(?:details?|information|info|things)|any(?:thing)?\s+(?:other|more|further|additional)\s+"
+    r"|anything\s+(?:else|more|at\s+all)|what\s+else|what\s+(?:other|more|further|additional)\s+(?:details?|information|info)\b(?!\s+(?:did|does|do|has|have|had|was|were)\s+(?:the|your|he|she|they)\b)|any(?:thing)?\s+(?:other|more|further|additional)\s+"
     r"(?:details?|information|info|things?|symptoms?|facts|issues|problems|complaints|concerns|history)"
     r"|(?:full|whole|complete|entire)\s+(?:\w+\s+)?(?:story|history|picture|details?|rundown|account)"
     r"|more\s+(?:details?|information|info)|all\s+you\s+(?:know|can)|the\s+rest|what(?:'s|\s+is)\s+going\s+on"
@@ -73,9 +73,11 @@ _OPTION_LETTER = re.compile(
     r"|\b(?i:is\s+it|it's|it\s+is|answer\s+is|go\s+with|pick|choose)\s+\(?[A-J]\)?(?=[\s,.?!)]|$)"
     r"|\b(?i:the\s+(?:right|correct|real|final|true)\s+(?:answer|diagnosis)|the\s+answer\b|which\s+(?:option|choice|one\s+is))"
     # "…is C right?"; "Do you think it's the third one?" (options named by their place in the list)
-    r"|\b(?i:is|be|it's|it\s+is)\s+\(?[A-J]\)?\s+(?i:right|correct)\b"
+    r"|\b(?i:is|be|it's|it\s+is)\s+\(?[A-Jb-j]\)?\s+(?i:right|correct|the\s+(?:right|correct)\s+one)\b"
+    r"|\b(?i:the\s+(?:first|second|third|fourth|fifth|last|[1-5](?:st|nd|rd|th))\s+(?:option|choice|answer)\b)"
+    # "the first one" is also an episode or a tablet: only a guess when it ends the clause ("…it's the third one?")
     r"|\b(?i:it's|it\s+is|is\s+it|be|pick|choose|go\s+with|lean(?:ing)?\s+towards?)\s+(?i:the\s+)"
-    r"(?i:first|second|third|fourth|fifth|last)\s+(?i:one|option|choice|answer)\b)",
+    r"(?i:first|second|third|fourth|fifth|last|[1-5](?:st|nd|rd|th))(?:\s+(?i:one))?\s*(?:[?!.,]|$))",
 )
 # Forms that put a diagnosis, a finding or a treatment to the patient instead of asking about them. They only
 # reject an action that also names an option (:func:`_names_option`): "Is it worse at night?" has the form too.
@@ -95,16 +97,22 @@ _GUESS = re.compile(
 )
 # A plan put to the patient ("Should we start…?", "Would you rather we…?"): the patient's facts hold their
 # history, not the doctor's next step, so such an action is a probe at the treatment options whatever it names.
+_NOT_A_PERSON = r"(?!(?:you|anyone|anybody|someone|somebody|your|they|he|she|we|i|my|his|her|their)\b)"
 _PLAN = re.compile(
     r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to)\b|\blet's\b"
     r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
     r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b"
     # "Would <a drug> be appropriate for you?", "Would it be reasonable to wait and see?", "Would <a test> tell
     # us it is <a diagnosis>?": the next step or the reasoning behind it, which no history answers.
-    r"|\bwould\b.{1,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise)"
-    r"|(?:right|best|correct|ideal|better)\s+(?:next\s+)?(?:approach|option|choice|course|plan|step|treatment|thing|way)"
+    # Only an action that opens with "would" and whose subject is not a person: "Did the surgeon say an operation
+    # would be the best option?" and "Would your wife confirm that you snore?" ask about the patient's history.
+    r"|^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+" + _NOT_A_PERSON
+    + r".{0,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise|suitable)"
+    r"(?!\s+to\s+(?:say|describe|call|think|assume))"
+    r"|(?:right|best|correct|ideal|better|preferred)\s+(?:next\s+)?(?:approach|option|choice|course|plan|step|treatment)"
     r"|(?:first|next)\s+(?:thing\s+to\s+(?:give|try|do|start)|step|line))\b"
-    r"|\bwould\s+(?!you\b).{1,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
+    r"|^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+" + _NOT_A_PERSON
+    + r".{0,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
     re.I,
 )
 _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
@@ -119,7 +127,6 @@ _AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
 _WH_RE = "(?:" + "|".join(sorted(_WH)) + r")\s"
 _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
-    r"|\s*[—–]\s*(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
     r"|,?\s+(?:and|plus|also)\s+(?=whether\b)"
     r"|,\s+(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
@@ -140,8 +147,8 @@ _CONTRACTION = {
 }
 # "Two quick things: (1) … and (2) …": questions announced or numbered as several.
 _ENUMERATED = re.compile(
-    r"\b(?:two|three|four|a\s+few|a\s+couple\s+of|several)\s+(?:quick\s+|more\s+|short\s+)?(?:things|questions)\s*[:—–]"
-    r"|(?:^|\s)\(?(?:1|i|a)\)\s.+\s\(?(?:2|ii|b)\)\s",
+    r"\b(?:two|three|four|2|3|4|a\s+few|a\s+couple\s+of|couple\s+of|several|some|quick)\s+(?:quick\s+|more\s+|short\s+)?(?:things|questions)\s*:"
+    r"|(?:^|\s)\(?(?:1|i)[.)]\s.+\s\(?(?:2|ii)[.)]\s",
     re.I,
 )
 _SPECIFIC_AFTER_CATCHALL = re.compile(r"\b(?:like|such\s+as|e\.g\.|including|especially|for\s+example)\b|\(", re.I)
@@ -206,6 +213,13 @@ def _stems(text: str) -> frozenset[str]:
     return frozenset(english_stemmer().stemWords(_content(_words(text))))
 
 
+_GUESSED_ABBREVIATION = re.compile(
+    r"\b(?i:be|is\s+it|it's|it\s+is|think\s+it's|about|with|from)\s+(?:(?i:an?|the|just|actually|really)\s+)?([A-Z]{2,6})\b(?!\s*[-/]?\s*(?i:scan|test|result))"
+)
+_COMMON_CAPITALS = frozenset(["OK", "US", "UK", "AM", "PM", "IT", "IS", "OR", "NO", "SO", "UP", "ON", "IN", "AT", "TO", "ME", "MY", "BE", "DO",
+                              "GO", "AN", "AS", "IF", "OF", "WE", "HE", "ER", "ED", "GP", "ICU", "MD", "DR"])
+
+
 def _acronyms(option: str) -> frozenset[str]:
     """"IBS" for "Irritable bowel syndrome (IBS)": the initials of an option of 2–6 words of more than two
     letters (a bracketed part left out), and the abbreviations the option writes itself."""
@@ -225,7 +239,9 @@ def _names_option(text: str, options: Mapping[str, str]) -> bool:
         return False
     lowered = text.lower()
     mine = _stems(text)
-    acronyms = set(re.findall(r"\b[A-Z]{2,6}\b", text))
+    # An abbreviation counts only as the thing guessed ("Could this be IBS?"), not anywhere in the question ("Is it
+    # the first time you've had an MRI?"), and never a common word ("Is it OK…") or in an action typed in capitals.
+    acronyms = set() if text.isupper() else set(_GUESSED_ABBREVIATION.findall(text)) - _COMMON_CAPITALS
     for option in options.values():
         theirs = _stems(option)
         if not theirs:

@@ -198,14 +198,18 @@ def test_resume_and_compare_refuse_another_patient_model(tmp_path):
 
     manifest["patient_model"] = "0" * 12
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match=r"patient model 000000000000.*use another --out"):
+    with pytest.raises(ConfigError, match=r"patient model 000000000000.*use another run directory"):
         run_benchmark(cfg, out, progress=False)
     with pytest.raises(ConfigError, match="patient_model"):
         compare_runs(out, twin)
     del manifest["patient_model"]
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="no recorded patient model"):
+    with pytest.raises(ConfigError, match=r"no recorded patient model.*--runs-dir of benchmarks\.heldout"):
         run_benchmark(cfg, out, progress=False)
+    # With no episodes there is nothing to mix: the run starts in that directory.
+    (out / "episodes.jsonl").unlink()
+    run_benchmark(cfg, out, progress=False)
+    assert json.loads(manifest_path.read_text())["patient_model"] == patient_model_id("faithful")
     # The BM25 patient has no model files: nothing to record, nothing refused.
     bm25 = BenchConfig(agent="checklist", max_questions=2, limit=3, scorer="none", modes=("interactive",), patient="bm25")
     run_benchmark(bm25, tmp_path / "bm25", progress=False)
@@ -222,3 +226,4 @@ def test_patient_model_id_is_the_loaded_patients():
     assert patient_model_id("faithful") == patient.model_id
     other = FaithfulPatient(head=dataclasses.replace(RelevanceHead.load(HEAD_PATH), threshold=0.5))
     assert other.model_id != patient.model_id
+    assert len({patient.model_id, FaithfulPatient(gate=False).model_id, FaithfulPatient(repeat_similarity=0.9).model_id}) == 3

@@ -56,3 +56,38 @@ def test_fold_cache_round_trip_and_key(tmp_path):
     assert _load_fold(tmp_path, 1, "key-a", 2) is None
     assert _load_fold(None, 2, "key-a", 2) is None
     assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_fold_cache_survives_a_damaged_file_and_concurrent_writers(tmp_path):
+    import threading
+
+    xs = [np.ones((3, 4)) * i for i in range(50)]
+    (tmp_path / "fold0.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert _load_fold(tmp_path, 0, "k", 50) is None  # a miss, recomputed, not a crash
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(5):
+                _save_fold(tmp_path, 0, "k", xs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    back = _load_fold(tmp_path, 0, "k", 50)
+    assert back is not None and np.array_equal(back[7], xs[7])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0.npz"]
+
+
+@pytest.mark.parametrize("argv", [["--only-folds", "0"], ["--only-folds", "7", "--features-cache", "x"], ["--only-folds", "a", "--features-cache", "x"]])
+def test_only_folds_is_checked_before_any_work(argv, capsys):
+    from benchmarks.fit_relevance import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "--only-folds" in capsys.readouterr().err

@@ -59,3 +59,17 @@ def test_repeats_count_word_for_word_restatements_within_an_episode_only() -> No
     # One repeat in five questions: the same question in another episode is not a repeat.
     assert r == {"mean": 0.2, "questions": 5, "distinct": 3}
     assert heldout.repeats([ep()]) == {"mean": None, "questions": 0, "distinct": 0}
+
+
+def test_seed_sets_the_episodes_and_is_in_the_reproduce_line(tmp_path: Path) -> None:
+    """Another seed replicates a comparison on other draws: the runs record it and their episodes differ."""
+    runs = {}
+    for seed in (0, 1):
+        result = heldout.run_heldout(agents=["rand=random:1"], sources=["builtin"], limit=3, runs_dir=tmp_path / str(seed),
+                                     max_questions=2, seed=seed)
+        manifest = json.loads((tmp_path / str(seed) / "rand-builtin" / "manifest.json").read_text())
+        assert manifest["config"]["seed"] == seed and result["seed"] == seed
+        runs[seed] = [json.loads(line)["seed"] for line in (tmp_path / str(seed) / "rand-builtin" / "episodes.jsonl").read_text().splitlines()]
+        md = heldout.to_markdown({**result, "stem": "x"})
+        assert (f"--seed {seed}" in md) == (seed != 0) and f"seed {seed}." in md
+    assert runs[0] != runs[1]

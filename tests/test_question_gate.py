@@ -38,6 +38,20 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Have you noticed several things that make it worse?",
         "Would you confirm your date of birth?",
         "Would the pain be the first thing you notice in the morning?",
+        # Review of the third round: forms its first rules turned away (abbreviations that name an option but
+        # are not the thing guessed, a dash opening a clarifying clause, reported speech, alternatives by letter).
+        "Is it the first time you've had an SP episode checked?",
+        "Is it true your sister has SP?",
+        "Is it OK if I ask how much you drink?",
+        "When you say dizzy — do you mean the room spinning?",
+        "Is it worse in the evening — when you're tired?",
+        "Is it the first one you've noticed?",
+        "Did the neurologist say an anticonvulsant would be the best option?",
+        "Would your wife confirm that you snore?",
+        "Would it be reasonable to say you drink more than 14 units a week?",
+        "What other things bring on the attacks?",
+        "Is it a) sharp or b) dull?",
+        "Is a right-sided weakness part of it?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -91,7 +105,10 @@ def test_real_questions_pass(question: str) -> None:
         ("What other details can you give me?", "catchall"),
         ("Two quick questions: how old are you, and do you smoke?", "multi"),
         ("(1) When did it start and (2) how often does it happen?", "multi"),
-        ("How often do you get them — do they wake you up?", "multi"),
+        ("Is C the right one?", "option"),
+        ("Could it be the 2nd option?", "option"),
+        ("Wouldn't an anticonvulsant be appropriate?", "option"),
+        ("Couple of questions: do you smoke and do you drink?", "multi"),
     ],
 )
 def test_non_questions_are_turned_away(action: str, reason: str) -> None:
