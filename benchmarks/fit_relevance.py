@@ -11,9 +11,12 @@ probes (:mod:`benchmarks.fit_encoder`); the cross-validation is nested — in ev
 centres and the head are fitted without that fold — so the CV figures are what an unseen case gets.
 ``--encoder plain`` fits the head on plain MiniLM instead.
 
-Run:  ``python -m benchmarks.fit_relevance`` (about half an hour on one core) →
+Run:  ``python -m benchmarks.fit_relevance`` (six encoder fine-tunes, about 12 minutes each on one core) →
 ``mediq_env/data/relevance_head.json`` (+ the CV figures in its ``meta``),
-``mediq_env/data/patient_encoder.safetensors`` and ``benchmarks/results/relevance_fit.md``.
+``mediq_env/data/patient_encoder.safetensors`` and ``benchmarks/results/relevance_fit.md``. To use both cores:
+``--features-cache DIR --only-folds 0,1,2`` in one process, ``--features-cache DIR --only-folds 3,4`` and then
+``--features-cache DIR`` in another. ``--cv-only`` compares the two ways of fitting the head and writes
+``benchmarks/results/relevance_cv.md`` only.
 """
 
 from __future__ import annotations
