@@ -366,7 +366,7 @@ class FaithfulPatient:
         gate: bool = True,
         cache_size: int = 4096,
         question_cache: int = 65536,
-        repeat_similarity: float = 0.62,  # _DEFAULT_REPEAT_SIMILARITY
+        repeat_similarity: float = _DEFAULT_REPEAT_SIMILARITY,
     ) -> None:
         if not 0 < repeat_similarity <= 1:
             raise ConfigError(f"repeat_similarity must be in (0, 1], got {repeat_similarity}")

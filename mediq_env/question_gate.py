@@ -97,7 +97,10 @@ _GUESS = re.compile(
 )
 # A plan put to the patient ("Should we start…?", "Would you rather we…?"): the patient's facts hold their
 # history, not the doctor's next step, so such an action is a probe at the treatment options whatever it names.
-_NOT_A_PERSON = r"(?!(?:you|anyone|anybody|someone|somebody|your|they|he|she|we|i|my|his|her|their)\b)"
+# An action that opens with "would" and whose subject is not a person ("Would an anticonvulsant…", not "Would
+# your wife…").
+_WOULD_NOT_A_PERSON = (r"^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+"
+                       r"(?!(?:you|anyone|anybody|someone|somebody|your|they|he|she|we|i|my|his|her|their)\b)")
 _PLAN = re.compile(
     r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to)\b|\blet's\b"
     r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
@@ -106,13 +109,11 @@ _PLAN = re.compile(
     # us it is <a diagnosis>?": the next step or the reasoning behind it, which no history answers.
     # Only an action that opens with "would" and whose subject is not a person: "Did the surgeon say an operation
     # would be the best option?" and "Would your wife confirm that you snore?" ask about the patient's history.
-    r"|^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+" + _NOT_A_PERSON
-    + r".{0,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise|suitable)"
+    r"|" + _WOULD_NOT_A_PERSON + r".{0,120}?\bbe\s+(?:an?\s+|the\s+)?(?:(?:most\s+)?(?:appropriate|reasonable|advisable|indicated|sensible|wise|suitable)"
     r"(?!\s+to\s+(?:say|describe|call|think|assume))"
     r"|(?:right|best|correct|ideal|better|preferred)\s+(?:next\s+)?(?:approach|option|choice|course|plan|step|treatment)"
     r"|(?:first|next)\s+(?:thing\s+to\s+(?:give|try|do|start)|step|line))\b"
-    r"|^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+" + _NOT_A_PERSON
-    + r".{0,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
+    r"|" + _WOULD_NOT_A_PERSON + r".{0,80}?\b(?:tell\s+us|confirm|rule\s+(?:out|in))\b",
     re.I,
 )
 _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[\]\[}{<>|\\_=+*#@$%^~`]{2,}")
@@ -220,6 +221,7 @@ _COMMON_CAPITALS = frozenset(["OK", "US", "UK", "AM", "PM", "IT", "IS", "OR", "N
                               "GO", "AN", "AS", "IF", "OF", "WE", "HE", "ER", "ED", "GP", "ICU", "MD", "DR"])
 
 
+@lru_cache(maxsize=4096)  # like _stems: the same options are checked on every question of a case
 def _acronyms(option: str) -> frozenset[str]:
     """"IBS" for "Irritable bowel syndrome (IBS)": the initials of an option of 2–6 words of more than two
     letters (a bracketed part left out), and the abbreviations the option writes itself."""
@@ -247,7 +249,7 @@ def _names_option(text: str, options: Mapping[str, str]) -> bool:
         if not theirs:
             continue
         shared = len(mine & theirs)
-        if _acronyms(option) & acronyms:  # "Could this be IBS?" for "Irritable bowel syndrome"
+        if acronyms and _acronyms(option) & acronyms:  # "Could this be IBS?" for "Irritable bowel syndrome"
             return True
         if option.lower() in lowered or shared / len(theirs) >= 0.75 or (shared >= 2 and shared / max(len(mine), 1) >= 0.5):
             return True
