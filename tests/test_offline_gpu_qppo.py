@@ -46,3 +46,25 @@ def test_iterated_question_ppo_script_runs_two_on_policy_iterations_locally(tmp_
 
     rows = iterations_markdown(stage).splitlines()[2:]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"] and "not run" not in "".join(rows)
+
+    # A second call on the same machine continues the chain: here the first call's time limit is taken to have
+    # struck during iteration 2's update (no summary, no policy). Iteration 1 is skipped, iteration 2's complete
+    # samples are kept and its update is redone, and only what this call finished is packed.
+    import shutil
+
+    sampled_before = (stage / "qs-2" / "samples.jsonl").read_bytes()
+    (stage / "qp-2" / "summary.json").unlink()
+    shutil.rmtree(stage / "qp-2" / "policy")
+    shutil.rmtree(out)
+    # The update redone with a step's states in one call, as the script does on a GPU.
+    again = subprocess.run(["bash", "training/offline_gpu_qppo.sh"], cwd=ROOT, env={**env, "BATCH_STATES": "1"}, capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "iteration 1 was finished by an earlier call" in again.stdout and "iteration 2 done" in again.stdout, again.stdout
+    assert "iteration 2 was finished" not in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["iter2.tar.gz", "logs.tar.gz"]
+    assert (stage / "qs-2" / "samples.jsonl").read_bytes() == sampled_before  # resumed, not redrawn
+    assert json.loads((stage / "qs-2" / "config.json").read_text())["model"] == str(stage / "qp-1" / "policy")
+    assert (stage / "qp-2" / "summary.json").is_file() and (stage / "qp-2" / "policy").is_dir()
+    assert json.loads((stage / "qp-2" / "config.json").read_text())["batch_states"] is True
+    assert json.loads((stage / "qp-1" / "config.json").read_text())["batch_states"] is False

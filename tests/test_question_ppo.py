@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from mediq_env.errors import ConfigError
-from training.question_ppo import QuestionPPOConfig, _load_samples, group_advantages, reply_logprobs
+from training.question_ppo import (
+    QuestionPPOConfig,
+    _load_samples,
+    group_advantages,
+    reply_logprobs,
+    reply_logprobs_batch,
+)
 
 
 def _reply(text: str, reward: float) -> dict[str, Any]:
@@ -121,6 +127,42 @@ def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_dir:
         assert torch.allclose(grad, alone_grad, rtol=1e-4, atol=1e-5), (name, float((grad - alone_grad).abs().max()))
 
 
+
+def test_batched_states_give_each_states_logprobs_and_gradients(tiny_dir: Path, one_torch_thread: None) -> None:
+    """Several states in one left-padded call (the GPU update's batch_states): prompts of different lengths and
+    reply counts give what each state gives alone, gradients included."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from training.ppo import load_policy
+
+    model, _tok = load_policy(str(tiny_dir), "float32", "cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    items = [([5, 9, 13, 2, 7, 11], [[3, 4, 8], [6], [12, 10, 3, 5]]), ([4, 6], [[9, 9], [2, 3, 4, 5, 6]]),
+             ([8, 1, 14, 3], [[7]])]
+    model.double()  # float64: what is left of any gap is the method, not the order of float32 sums
+    together = reply_logprobs_batch(model, items, 0.7, pad_id=0)
+    sum(lp.sum() for lp, _ in together).backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    total = 0
+    for (prompt, replies), (lp, mask) in zip(items, together, strict=True):
+        alone, alone_mask = reply_logprobs(model, prompt, replies, 0.7, pad_id=0)
+        assert lp.shape == alone.shape and torch.equal(mask, alone_mask)
+        assert torch.allclose(lp, alone, atol=1e-6), float((lp - alone).abs().max())
+        total = total + alone.sum()
+    total.backward()
+    assert batched and any("lora_A" in n for n in batched)
+    for name, grad in batched.items():  # float32 would differ by its rounding (1e-5 of the scale); float64 leaves the method
+        alone_grad = dict(model.named_parameters())[name].grad
+        gap, scale = float((grad - alone_grad).abs().max()), float(alone_grad.abs().max())
+        assert gap <= 1e-9 * scale, (name, gap, scale)
+
+
 @pytest.mark.slow
 def test_tiny_run_moves_towards_replies_that_found_facts_and_resumes_exactly(tiny_dir: Path, tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,13 +220,29 @@ def test_tiny_run_moves_towards_replies_that_found_facts_and_resumes_exactly(tin
     assert torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
     with pytest.raises(ConfigError, match=r"state\.pt: field 'learning_rate' was 0\.005 .* now 0\.001"):
         qp.train_question_ppo(QuestionPPOConfig(**{**kw, "learning_rate": 1e-3}, output_dir=str(tmp_path / "cut")))
-    qp.train_question_ppo(QuestionPPOConfig(**kw, output_dir=str(tmp_path / "cut")))
-    cut_curve = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    # The clock goes on from the checkpoint: say the first call spent 1,000 s on its two steps.
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines[-1]["seconds"] = 1000.0
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    resumed = qp.train_question_ppo(QuestionPPOConfig(**kw, output_dir=str(tmp_path / "cut")))
+    cut_curve = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [c["step"] for c in cut_curve] == [1, 2, 3, 4, 5, 6]
+    assert cut_curve[2]["seconds"] >= 1000.0 and resumed["train_seconds"] >= 1000.0
     assert cut_curve[-1]["loss"] == pytest.approx(curve[-1]["loss"], abs=1e-6)
     a = load_policy(str(tmp_path / "cut" / "policy"), "float32", "cpu")[0].state_dict()
     b = after.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in b)
+
+    # The step's states in one batched call: the same curve and policy up to float32 rounding (summed in another
+    # order, then carried through six Adam steps).
+    batched = qp.train_question_ppo(QuestionPPOConfig(**kw, batch_states=True, output_dir=str(tmp_path / "batched")))
+    assert batched["steps"] == 6
+    b_curve = [json.loads(line) for line in (tmp_path / "batched" / "metrics.jsonl").read_text().splitlines()]
+    assert b_curve[0]["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert [c["loss"] for c in b_curve] == pytest.approx([c["loss"] for c in curve], rel=1e-4, abs=1e-6)
+    c = load_policy(str(tmp_path / "batched" / "policy"), "float32", "cpu")[0].state_dict()
+    assert all(torch.allclose(c[k], b[k], rtol=1e-4, atol=1e-5) for k in b)
 
 
 def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
@@ -195,9 +253,10 @@ def test_cli_flags_reach_the_config(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "question-ppo", "--model", "m", "--samples", "a.jsonl,b.jsonl", "--epochs", "3",
-                              "--no-rescore", "--clip", "0.3", "--ref-model", "sft", "--output-dir", str(tmp_path / "o")])
+                              "--no-rescore", "--clip", "0.3", "--ref-model", "sft", "--output-dir", str(tmp_path / "o"), "--batch-states"])
     config = config_from_args(QuestionPPOConfig, args)
     assert (config.model, config.samples, config.epochs, config.rescore, config.clip, config.ref_model) == ("m", "a.jsonl,b.jsonl", 3, False, 0.3, "sft")
+    assert config.batch_states is True
     assert config.states_per_step == 4 and config.kl_coef == 0.0
 
 

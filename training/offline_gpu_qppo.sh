@@ -9,14 +9,18 @@
 # the CPU iterations' settings, KL logged against the SFT model); the next iteration samples from the result.
 # MINUTES counts from the script's start, unpacking included. A new iteration starts only while the last one's
 # duration still fits, and its sampling stops early enough to leave PPO_SECONDS for the update. After each
-# iteration its samples, curve and adapter go to $OUT/iter<i>.tar.gz (at most 7 iterations: the device tool
-# returns 8 files), and the logs go to $OUT/logs.tar.gz on any exit, so a run stopped at its time limit keeps
-# every finished iteration. Here, rehearse it on the CPU with
+# iteration its samples, curve and adapter go to $OUT/iter<i>.tar.gz (at most 7 a call: the device tool returns
+# 8 files), and the logs go to $OUT/logs.tar.gz on any exit, so a run stopped at its time limit keeps
+# every finished iteration. Run again on the same machine (STAGE is kept while the machine stays warm), it
+# continues the chain: finished iterations are skipped and an iteration cut short resumes (sampling state by state,
+# the update from its checkpoint), so a second call picks up where the first call's time limit struck. Only the
+# iterations finished in this call are packed. Here, rehearse it on the CPU with
 # DEVICE=cpu MAX_STATES=4 ITERATIONS=2 STATE_BATCH=2.
 set -euo pipefail
 MINUTES=${MINUTES:-9}              # wall clock for the whole script, unpacking included (whole minutes)
-PPO_SECONDS=${PPO_SECONDS:-150}    # kept for the update when sampling is cut to fit (the last update's time once known)
-ITERATIONS=${ITERATIONS:-7}
+PPO_SECONDS=${PPO_SECONDS:-200}    # kept for the update when sampling is cut to fit (the last update's time once known;
+                                   # an H200 took 170 s for 215 states)
+ITERATIONS=${ITERATIONS:-7}        # the chain's length, over every call
 MAX_STATES=${MAX_STATES:-215}
 DEVICE=${DEVICE:-cuda}
 THREADS=${THREADS:-8}
@@ -24,14 +28,27 @@ STATE_BATCH=${STATE_BATCH:-32}
 STATES_FILE=${STATES_FILE:-}   # a demo_states.jsonl built earlier (python -m training.rejection_sampling --stage states)
 SAMPLE_ARGS=${SAMPLE_ARGS:-}
 PPO_ARGS=${PPO_ARGS:-}
+# A step's 4 states in one call on a GPU, where launches bound the update (tested equal to one state per call up to
+# float rounding; the GPU speed-up is not measured yet: benchmarks/perf/update_speed.py --device cuda). Set 0 to turn off.
+BATCH_STATES=${BATCH_STATES:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}
 case "$MINUTES" in ''|*[!0-9]*) echo "MINUTES must be a whole number of minutes, got '$MINUTES'"; exit 2;; esac
-if [ "$ITERATIONS" -gt 7 ]; then echo "ITERATIONS must be at most 7 (8 files come back: 7 iterations and the logs)"; exit 2; fi
 # shellcheck source=training/offline_gpu_setup.sh
 source "$(dirname "$0")/offline_gpu_setup.sh" "$@"
 
 prev=$SFT
 last=0
+packed=0
 for i in $(seq 1 "$ITERATIONS"); do
+  if [ -f "$STAGE/qp-$i/summary.json" ]; then  # finished by an earlier call on this machine (its pack went back then)
+    prev="$STAGE/qp-$i/policy"
+    if [ -z "$STATES_FILE" ]; then STATES_FILE="$STAGE/qs-$i/demo_states.jsonl"; fi
+    stamp "iteration $i was finished by an earlier call"
+    continue
+  fi
+  if [ "$packed" -ge 7 ]; then  # 8 files come back from a call: 7 iterations and the logs
+    stamp "not starting iteration $i: this call has packed 7 iterations; run the script again to go on"
+    break
+  fi
   now=$(date +%s)
   left=$(( MINUTES * 60 - (now - t0) ))
   if [ "$i" -gt 1 ] && [ "$last" -gt "$left" ]; then
@@ -49,15 +66,18 @@ for i in $(seq 1 "$ITERATIONS"); do
   if [ -z "$STATES_FILE" ]; then STATES_FILE="$STAGE/qs-$i/demo_states.jsonl"; fi
   stamp "iteration $i sampled: $(grep -c '"replies"' "$STAGE/qs-$i/samples.jsonl") of $MAX_STATES states, $(grep -c '"error"' "$STAGE/qs-$i/samples.jsonl" || true) failed"
   ppo_start=$(date +%s)
+  batch_flag=()
+  if [ "$BATCH_STATES" = 1 ]; then batch_flag=(--batch-states); fi
   # shellcheck disable=SC2086
   python3 -m training.question_ppo --model "$prev" --ref-model "$SFT" --samples "$STAGE/qs-$i/samples.jsonl" \
-    --output-dir "$STAGE/qp-$i" --epochs 2 --no-rescore --device "$DEVICE" --torch-threads "$THREADS" $PPO_ARGS > "$LOG/ppo-$i.log" 2>&1
+    --output-dir "$STAGE/qp-$i" --epochs 2 --no-rescore --device "$DEVICE" --torch-threads "$THREADS" "${batch_flag[@]}" $PPO_ARGS > "$LOG/ppo-$i.log" 2>&1
   PPO_SECONDS=$(( $(date +%s) - ppo_start + 30 ))
   prev="$STAGE/qp-$i/policy"
   last=$(( $(date +%s) - now ))
   tar -czf "$STAGE/iter$i.tar.gz" -C "$STAGE" "qs-$i/samples.jsonl" "qs-$i/config.json" "qp-$i/metrics.jsonl" "qp-$i/summary.json" \
     "qp-$i/config.json" "qp-$i/adapter"
   mv "$STAGE/iter$i.tar.gz" "$OUT/iter$i.tar.gz"
+  packed=$(( packed + 1 ))
   stamp "iteration $i done in ${last}s"
 done
 stamp "results in $OUT"

@@ -58,7 +58,7 @@ from typing import Any
 from mediq_env.errors import ConfigError
 from training.rl_common import dataclass_from_dict
 
-__all__ = ["QuestionPPOConfig", "curve_markdown", "group_advantages", "iterations_markdown", "main", "policy_shift", "reply_logprobs", "sampled_quality", "train_question_ppo"]
+__all__ = ["QuestionPPOConfig", "curve_markdown", "group_advantages", "iterations_markdown", "main", "policy_shift", "reply_logprobs", "reply_logprobs_batch", "sampled_quality", "train_question_ppo"]
 
 
 @dataclass
@@ -90,6 +90,10 @@ class QuestionPPOConfig:
     max_states: int | None = None
     torch_threads: int | None = 2
     device: str = "auto"
+    # One left-padded forward and backward for all of a step's states instead of one per state. The same loss up
+    # to float rounding; on a GPU the update is bound by launching ~31,000 small kernels per state (SmolLM2-135M
+    # with LoRA: 0.41 s a state on an H200), so fewer, larger calls are what make it faster. Off on a CPU.
+    batch_states: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "states_per_step", "lora_r", "lora_alpha", "save_steps", "max_questions", "demo_rounds"):
@@ -210,6 +214,53 @@ def reply_logprobs(model: Any, prompt_ids: Sequence[int], replies: Sequence[Sequ
     return logp * mask, mask
 
 
+def reply_logprobs_batch(model: Any, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], temperature: float,
+                         pad_id: int) -> list[tuple[Any, Any]]:
+    """:func:`reply_logprobs` for several ``(prompt ids, replies)`` at once: the prompts run as one left-padded
+    batch (explicit positions, so padding shifts nothing), each prompt's key/value rows are repeated for its
+    replies, and all replies run as one right-padded batch. Returns each item's ``(logp, mask)`` as
+    :func:`reply_logprobs` does, equal to it up to float rounding (tested)."""
+    import torch
+
+    from training.ppo import _unwrap_peft
+
+    if len(items) == 1:
+        return [reply_logprobs(model, items[0][0], items[0][1], temperature, pad_id)]
+    device = next(model.parameters()).device
+    lengths = [len(p) for p, _ in items]
+    counts = [len(r) for _, r in items]
+    width_p = max(lengths)
+    prompts = torch.full((len(items), width_p), pad_id, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros((len(items), width_p), dtype=torch.long, device=device)
+    for i, (p, _) in enumerate(items):
+        prompts[i, width_p - len(p):] = torch.tensor(list(p), device=device)
+        prompt_mask[i, width_p - len(p):] = 1
+    positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+    head = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache_name = "cache" if "cache" in inspect.signature(_unwrap_peft(model).forward).parameters else "past_key_values"
+    cache = getattr(head, cache_name)
+    owner = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
+    cache.batch_select_indices(owner)
+    replies = [r for _, rs in items for r in rs]
+    n, width = len(replies), max(len(r) for r in replies)
+    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((n, width), dtype=torch.float32, device=device)
+    for j, r in enumerate(replies):
+        ids[j, : len(r)] = torch.tensor(list(r), device=device)
+        mask[j, : len(r)] = 1.0
+    attention = torch.cat([prompt_mask[owner], mask.long()], dim=1)
+    body_positions = torch.tensor(lengths, device=device)[owner].unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
+    body = model(input_ids=ids, attention_mask=attention, position_ids=body_positions, use_cache=True, **{cache_name: cache})
+    logits = torch.cat([head.logits[owner][:, -1:], body.logits[:, :-1]], dim=1).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    out, start = [], 0
+    for i, (_, rs) in enumerate(items):
+        w = max(len(r) for r in rs)  # each item keeps its own width, as reply_logprobs returns it
+        out.append((logp[start:start + counts[i], :w], mask[start:start + counts[i], :w]))
+        start += counts[i]
+    return out
+
+
 def _schedule(n_groups: int, config: QuestionPPOConfig) -> list[list[int]]:
     """Every optimiser step's states, fixed by the seed (a resumed run takes the same steps)."""
     steps: list[list[int]] = []
@@ -272,13 +323,17 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
     pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id
     tokens = [_tokenize(tokenizer, g, eos_id, max_new_tokens) for g in groups]
     model.eval()
-    with torch.no_grad():
-        old = [reply_logprobs(model, p, r, temperature, pad_id)[0] for p, r in tokens]
+    chunk = config.states_per_step if config.batch_states else 1
+
+    def all_logprobs(m: Any) -> list[Any]:
+        with torch.no_grad():
+            return [lp for i in range(0, len(tokens), chunk) for lp, _ in reply_logprobs_batch(m, tokens[i:i + chunk], temperature, pad_id)]
+
+    old = all_logprobs(model)
     if config.ref_model and config.ref_model != config.model:
         ref_model, _ = load_policy(config.ref_model, "float32", device)
         ref_model.eval()
-        with torch.no_grad():
-            ref = [reply_logprobs(ref_model, p, r, temperature, pad_id)[0] for p, r in tokens]
+        ref = all_logprobs(ref_model)
         del ref_model
     else:
         ref = old
@@ -305,29 +360,33 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
         print(f"[qppo] resuming at step {start_step} of {len(steps)}", flush=True)
     log = JsonlLogger(out / "metrics.jsonl")
     log.truncate_after(start_step)  # steps past the checkpoint are redone; a fresh run starts a fresh curve
-    begin = time.perf_counter()
+    # A resumed run's clock goes on from its checkpoint's step, so 'seconds' and train_seconds are the update's time.
+    done_before = float(log.read()[-1].get("seconds", 0.0)) if start_step and log.read() else 0.0
+    begin = time.perf_counter() - done_before
     for step in range(start_step, len(steps)):
         batch = steps[step]
         n_tokens = sum(len(r) for g in batch for r in tokens[g][1])
         optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "clipped": 0.0, "ratio": 0.0, "kl": 0.0, "abs_log_ratio": 0.0}
-        for g in batch:
-            prompt_ids, replies = tokens[g]
-            logp, mask = reply_logprobs(model, prompt_ids, replies, temperature, pad_id)
-            adv = torch.tensor(groups[g]["advantages"], device=logp.device).unsqueeze(1)
-            log_ratio = (logp - old[g]) * mask
-            ratio = torch.exp(log_ratio)
-            surrogate = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - config.clip, 1 + config.clip))
-            ref_gap = (ref[g] - logp) * mask
-            kl = torch.exp(ref_gap) - ref_gap - 1  # k3: an unbiased, non-negative estimate of KL(policy || ref)
-            loss = ((surrogate + config.kl_coef * kl) * mask).sum() / n_tokens
-            loss.backward()
-            with torch.no_grad():
-                sums["loss"] += float(loss)
-                sums["clipped"] += float((((ratio - 1).abs() > config.clip).float() * mask).sum())
-                sums["ratio"] += float((ratio * mask).sum())
-                sums["kl"] += float((kl * mask).sum())
-                sums["abs_log_ratio"] += float(log_ratio.abs().sum())
+        for k in range(0, len(batch), chunk):  # chunk 1: one state's graph at a time, freed by its backward
+            part = batch[k:k + chunk]
+            part_loss: Any = 0.0  # a tensor once the first state's loss is added
+            for g, (logp, mask) in zip(part, reply_logprobs_batch(model, [tokens[g] for g in part], temperature, pad_id), strict=True):
+                adv = torch.tensor(groups[g]["advantages"], device=logp.device).unsqueeze(1)
+                log_ratio = (logp - old[g]) * mask
+                ratio = torch.exp(log_ratio)
+                surrogate = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - config.clip, 1 + config.clip))
+                ref_gap = (ref[g] - logp) * mask
+                kl = torch.exp(ref_gap) - ref_gap - 1  # k3: an unbiased, non-negative estimate of KL(policy || ref)
+                loss = ((surrogate + config.kl_coef * kl) * mask).sum() / n_tokens
+                part_loss = part_loss + loss
+                with torch.no_grad():
+                    sums["loss"] += float(loss)
+                    sums["clipped"] += float((((ratio - 1).abs() > config.clip).float() * mask).sum())
+                    sums["ratio"] += float((ratio * mask).sum())
+                    sums["kl"] += float((kl * mask).sum())
+                    sums["abs_log_ratio"] += float(log_ratio.abs().sum())
+            part_loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         epoch = step * config.epochs // len(steps) + 1
