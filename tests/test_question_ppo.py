@@ -220,6 +220,14 @@ def test_tiny_run_moves_towards_replies_that_found_facts_and_resumes_exactly(tin
     assert torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)["step"] == 2
     with pytest.raises(ConfigError, match=r"state\.pt: field 'learning_rate' was 0\.005 .* now 0\.001"):
         qp.train_question_ppo(QuestionPPOConfig(**{**kw, "learning_rate": 1e-3}, output_dir=str(tmp_path / "cut")))
+    # Samples that changed under the same path (their sampling resumed and added a state) make another schedule.
+    original = samples.read_text()
+    grown = json.loads(original.splitlines()[0])
+    grown["key"] = "one more state"
+    samples.write_text(original + json.dumps(grown) + "\n")
+    with pytest.raises(ConfigError, match=r"state\.pt: field 'samples_digest' was"):
+        qp.train_question_ppo(QuestionPPOConfig(**kw, output_dir=str(tmp_path / "cut")))
+    samples.write_text(original)
     # The clock goes on from the checkpoint: say the first call spent 1,000 s on its two steps.
     metrics = tmp_path / "cut" / "metrics.jsonl"
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]

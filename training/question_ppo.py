@@ -45,6 +45,7 @@ Another iteration samples from ``<output_dir>/policy`` (``--states policy``) and
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -91,8 +92,9 @@ class QuestionPPOConfig:
     torch_threads: int | None = 2
     device: str = "auto"
     # One left-padded forward and backward for all of a step's states instead of one per state. The same loss up
-    # to float rounding; on a GPU the update is bound by launching ~31,000 small kernels per state (SmolLM2-135M
-    # with LoRA: 0.41 s a state on an H200), so fewer, larger calls are what make it faster. Off on a CPU.
+    # to float rounding; on a GPU the update looks bound by dispatching ~31,000 small operators per state (SmolLM2-135M
+    # with LoRA: 0.41 s a state on an H200), so fewer, larger calls should make it faster there. Off by default (on a
+    # CPU it is 0.86x the speed); training/offline_gpu_qppo.sh turns it on for CUDA.
     batch_states: bool = False
 
     def __post_init__(self) -> None:
@@ -272,10 +274,14 @@ def _schedule(n_groups: int, config: QuestionPPOConfig) -> list[list[int]]:
     return steps
 
 
-def _update_settings(config: QuestionPPOConfig) -> dict[str, Any]:
-    """The settings a checkpoint is only valid for (the schedule, the samples, the loss, the adapter)."""
-    return {k: getattr(config, k) for k in ("model", "samples", "ref_model", "rescore", "epochs", "states_per_step", "learning_rate", "clip",
-                                             "kl_coef", "lora_r", "lora_alpha", "seed", "max_states")}
+def _update_settings(config: QuestionPPOConfig, groups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The settings a checkpoint is only valid for (the schedule, the samples, the loss, the adapter). The samples
+    count by content, not only by path: a samples file that grew (its sampling resumed) makes another schedule."""
+    settings = {k: getattr(config, k) for k in ("model", "samples", "ref_model", "rescore", "epochs", "states_per_step", "learning_rate",
+                                                 "clip", "kl_coef", "lora_r", "lora_alpha", "seed", "max_states")}
+    content = json.dumps([[g["key"], [round(float(a), 9) for a in g["advantages"]]] for g in groups])
+    settings["samples_digest"] = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+    return settings
 
 
 def _device(config: QuestionPPOConfig) -> str:
@@ -350,7 +356,7 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
     if (ckpt / "state.pt").exists():  # our own file: plain tensors and numbers, loaded without pickle's code paths
         state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
         # A resumed run must take the steps the first run planned: settings that change the update are compared.
-        for key, value in _update_settings(config).items():
+        for key, value in _update_settings(config, groups).items():
             if state.get("settings", {}).get(key) != value:
                 raise ConfigError(f"{ckpt / 'state.pt'}: field {key!r} was {state.get('settings', {}).get(key)!r} when the checkpoint was "
                                   f"written, now {value!r}; use another output_dir or the same settings")
@@ -387,6 +393,9 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
                     sums["kl"] += float((kl * mask).sum())
                     sums["abs_log_ratio"] += float(log_ratio.abs().sum())
             part_loss.backward()
+        if not math.isfinite(sums["loss"]):  # one NaN step would silently ruin the adapter and every later step
+            raise FloatingPointError(f"question PPO: step {step + 1}'s loss is {sums['loss']} (states {batch}); nothing after it is saved"
+                                     + (" (batch_states is on: try without it)" if config.batch_states else ""))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         epoch = step * config.epochs // len(steps) + 1
@@ -397,7 +406,7 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
             ckpt.mkdir(exist_ok=True)
             tmp = ckpt / "state.tmp"
             torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step + 1,
-                        "settings": _update_settings(config)}, tmp)
+                        "settings": _update_settings(config, groups)}, tmp)
             tmp.replace(ckpt / "state.pt")
         if (step + 1) % 10 == 0 or step + 1 == len(steps):
             print(f"[qppo] step {step + 1}/{len(steps)} ({time.perf_counter() - begin:.0f} s)", flush=True)

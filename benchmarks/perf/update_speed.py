@@ -5,8 +5,10 @@ A step is ``--states-per-step`` states, as in :mod:`training.question_ppo`: LoRA
 replies' log-probabilities from :func:`training.question_ppo.reply_logprobs_batch` (one state per call when
 not batched, the function the real update calls), then a backward. Besides the time, it counts the operators
 PyTorch dispatches for one step: on a GPU each is at least one kernel launch, and for a 135M model the launches,
-not the arithmetic, set the speed (the H200's update took 0.41 s a state; ``question_ppo_gpu.md``). One warm-up
-step first.
+not the arithmetic, seem to set the speed (the H200's update took 0.41 s a state; ``question_ppo_gpu_h200.md``).
+One warm-up step first. Before timing, it checks on the device that both ways give the same log-probabilities
+and gradients for the first step, all finite; it exits 1 (after writing the result) when they do not, so run it
+before a long run uses ``--batch-states`` on a new device or library version.
 
 Run:  ``python -m benchmarks.perf.update_speed --model runs/ppo-from-sft/sft/model --samples
 runs/qppo-gpu/qs-2/samples.jsonl [--device cuda]`` → ``benchmarks/results/update_speed.{json,md}``
@@ -43,6 +45,29 @@ def _ops(model: Any, tokens: list[Any], chunk: int, pad_id: int) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         _step(model, tokens, chunk, pad_id)
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::") and e.key[6:].lstrip("_") not in _NO_KERNEL)
+
+
+def agreement(model: Any, step: list[Any], pad_id: int) -> dict[str, Any]:
+    """The first step's log-probabilities and gradients one state per call against all in one call."""
+    import torch
+
+    from training.question_ppo import reply_logprobs_batch
+
+    def run(chunk: int) -> tuple[list[Any], dict[str, Any]]:
+        model.zero_grad(set_to_none=True)
+        logps = [lp for k in range(0, len(step), chunk) for lp, _ in reply_logprobs_batch(model, step[k:k + chunk], 0.8, pad_id)]
+        sum(lp.sum() for lp in logps).backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return [lp.detach() for lp in logps], grads
+
+    one, g_one = run(1)
+    many, g_many = run(len(step))
+    logp_gap = max(float((a - b).abs().max()) for a, b in zip(one, many, strict=True))
+    grad_gap = max(float((g_one[n] - g_many[n]).abs().max()) / max(float(g_one[n].abs().max()), 1e-12) for n in g_one)
+    finite = all(bool(torch.isfinite(t).all()) for t in [*one, *many, *g_one.values(), *g_many.values()])
+    agree = finite and logp_gap <= 1e-3 and grad_gap <= 1e-3
+    return {"max_logprob_gap": logp_gap, "max_relative_gradient_gap": grad_gap, "finite": finite, "agree": agree}
 
 
 def measure(model: Any, steps: list[list[Any]], batched: bool, pad_id: int, device: str) -> dict[str, Any]:
@@ -95,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos
     tokens = [_tokenize(tokenizer, r, eos, args.max_new_tokens) for r in records]
     steps = [tokens[i:i + args.states_per_step] for i in range(0, len(tokens), args.states_per_step)]
+    check = agreement(model, steps[0], pad_id)
     rows = [measure(model, steps, batched, pad_id, args.device) for batched in (False, True)]
     for r in rows:
         r["speedup_vs_first"] = round(rows[0]["seconds"] / r["seconds"], 2)
@@ -103,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     reply_tokens = sum(len(x) for _, rs in tokens for x in rs) / len(tokens)
     result = {"model": args.model, "samples": str(args.samples), "device": args.device, "threads": args.threads,
               "states_per_step": args.states_per_step, "mean_prompt_tokens": round(prompt_tokens, 1),
-              "mean_reply_tokens_per_state": round(reply_tokens, 1), "rows": rows}
+              "mean_reply_tokens_per_state": round(reply_tokens, 1), "agreement": check, "rows": rows}
     md = [f"# Question-PPO update speed: one state per call or a step's states in one (`{args.device}`, {args.threads} threads)", "",
           f"Command: `python -m benchmarks.perf.update_speed --model {args.model} --samples {args.samples} --device {args.device} "
           f"--steps {args.steps} --states-per-step {args.states_per_step}`; LoRA r 8 on every linear layer, float32, "
@@ -113,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
           "|---|---|---|---|---|---|---|"]
     md += [f"| {args.states_per_step if r['batched'] else 1} | {r['steps']} | {r['seconds']} | {r['seconds_per_state']} | "
            f"{r['speedup_vs_first']}× | {r['ops_per_step']:,} | {r['ops_vs_first']} |" for r in rows]
+    md += ["", f"First step, one state per call against {args.states_per_step} in one: largest log-probability gap "
+           f"{check['max_logprob_gap']:.2e}, largest gradient gap {check['max_relative_gradient_gap']:.2e} of its tensor's scale, "
+           f"{'all finite' if check['finite'] else 'NOT ALL FINITE'}: **{'agree' if check['agree'] else 'DO NOT AGREE'}**."]
     path = write_result("update_speed", result, "\n".join(md) + "\n", args.out_dir)
     print("\n".join(md))
     print(f"wrote {path}")
-    return 0
+    return 0 if check["agree"] else 1
 
 
 if __name__ == "__main__":
