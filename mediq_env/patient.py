@@ -19,6 +19,7 @@ A patient answers a doctor's question from a case's atomic facts and reports whi
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -518,8 +519,6 @@ _ALIASES = {"lookup": "bm25", "lookup+minilm": "bm25+minilm"}
 
 
 def _model_id(head: RelevanceHead, encoder_sha256: str | None) -> str:
-    import hashlib
-
     return hashlib.sha256((head.to_json() + (encoder_sha256 or "")).encode("utf-8")).hexdigest()[:12]
 
 
@@ -534,8 +533,6 @@ def patient_model_id(spec: str) -> str | None:
     kind = spec.partition(":")[0]
     if _ALIASES.get(kind, kind) != "faithful":
         return None
-    import hashlib
-
     from mediq_env.tuned_encoder import ENCODER_PATH
 
     head = RelevanceHead.load(HEAD_PATH)

@@ -185,6 +185,34 @@ def _tokenize(tokenizer: Any, record: Mapping[str, Any], eos_id: int, max_new_to
     return list(prompt), replies
 
 
+def _cache_name(model: Any) -> str:
+    """transformers 5.x renamed past_key_values to cache (the old name warns, then goes); 4.x knows only the old one."""
+    from training.ppo import _unwrap_peft
+
+    return "cache" if "cache" in inspect.signature(_unwrap_peft(model).forward).parameters else "past_key_values"
+
+
+def _right_padded(replies: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(ids [n, L], float mask [n, L]) of the replies, padded on the right to the longest."""
+    import torch
+
+    n, width = len(replies), max(len(r) for r in replies)
+    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((n, width), dtype=torch.float32, device=device)
+    for i, r in enumerate(replies):
+        ids[i, : len(r)] = torch.tensor(list(r), device=device)
+        mask[i, : len(r)] = 1.0
+    return ids, mask
+
+
+def _token_logprobs(first: Any, body_logits: Any, ids: Any, temperature: float) -> Any:
+    """Token j of a reply is predicted by the logits one position earlier: ``first`` (the prompt's last) for j = 0."""
+    import torch
+
+    logits = torch.cat([first, body_logits[:, :-1]], dim=1).float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
 def reply_logprobs(model: Any, prompt_ids: Sequence[int], replies: Sequence[Sequence[int]], temperature: float,
                    pad_id: int) -> tuple[Any, Any]:
     """Per-token log-probabilities of each reply after the prompt under ``softmax(logits / temperature)``:
@@ -193,27 +221,17 @@ def reply_logprobs(model: Any, prompt_ids: Sequence[int], replies: Sequence[Sequ
     so this equals running every prompt+reply sequence on its own (tested)."""
     import torch
 
-    from training.ppo import _unwrap_peft
-
     device = next(model.parameters()).device
-    n, width = len(replies), max(len(r) for r in replies)
+    n = len(replies)
     prompt = torch.tensor([list(prompt_ids)], device=device)
     head = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    # transformers 5.x renamed past_key_values to cache (the old name warns, then goes); 4.x knows only the old one.
-    cache_name = "cache" if "cache" in inspect.signature(_unwrap_peft(model).forward).parameters else "past_key_values"
+    cache_name = _cache_name(model)
     cache = getattr(head, cache_name)
     cache.batch_repeat_interleave(n)
-    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((n, width), dtype=torch.float32, device=device)
-    for i, r in enumerate(replies):
-        ids[i, : len(r)] = torch.tensor(list(r), device=device)
-        mask[i, : len(r)] = 1.0
+    ids, mask = _right_padded(replies, pad_id, device)
     attention = torch.cat([torch.ones((n, prompt.shape[1]), dtype=torch.long, device=device), mask.long()], dim=1)
     body = model(input_ids=ids, attention_mask=attention, use_cache=True, **{cache_name: cache})
-    # Token j of a reply is predicted by the logits one position earlier: the prompt's last for j = 0.
-    logits = torch.cat([head.logits[:, -1:].expand(n, 1, -1), body.logits[:, :-1]], dim=1).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
+    return _token_logprobs(head.logits[:, -1:].expand(n, 1, -1), body.logits, ids, temperature) * mask, mask
 
 
 def reply_logprobs_batch(model: Any, items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], temperature: float,
@@ -223,8 +241,6 @@ def reply_logprobs_batch(model: Any, items: Sequence[tuple[Sequence[int], Sequen
     replies, and all replies run as one right-padded batch. Returns each item's ``(logp, mask)`` as
     :func:`reply_logprobs` does, equal to it up to float rounding (tested)."""
     import torch
-
-    from training.ppo import _unwrap_peft
 
     if len(items) == 1:
         return [reply_logprobs(model, items[0][0], items[0][1], temperature, pad_id)]
@@ -239,22 +255,15 @@ def reply_logprobs_batch(model: Any, items: Sequence[tuple[Sequence[int], Sequen
         prompt_mask[i, width_p - len(p):] = 1
     positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
     head = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache_name = "cache" if "cache" in inspect.signature(_unwrap_peft(model).forward).parameters else "past_key_values"
+    cache_name = _cache_name(model)
     cache = getattr(head, cache_name)
     owner = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], device=device)
     cache.batch_select_indices(owner)
-    replies = [r for _, rs in items for r in rs]
-    n, width = len(replies), max(len(r) for r in replies)
-    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((n, width), dtype=torch.float32, device=device)
-    for j, r in enumerate(replies):
-        ids[j, : len(r)] = torch.tensor(list(r), device=device)
-        mask[j, : len(r)] = 1.0
+    ids, mask = _right_padded([r for _, rs in items for r in rs], pad_id, device)
     attention = torch.cat([prompt_mask[owner], mask.long()], dim=1)
-    body_positions = torch.tensor(lengths, device=device)[owner].unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
+    body_positions = torch.tensor(lengths, device=device)[owner].unsqueeze(1) + torch.arange(ids.shape[1], device=device).unsqueeze(0)
     body = model(input_ids=ids, attention_mask=attention, position_ids=body_positions, use_cache=True, **{cache_name: cache})
-    logits = torch.cat([head.logits[owner][:, -1:], body.logits[:, :-1]], dim=1).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    logp = _token_logprobs(head.logits[owner][:, -1:], body.logits, ids, temperature) * mask
     out, start = [], 0
     for i, (_, rs) in enumerate(items):
         w = max(len(r) for r in rs)  # each item keeps its own width, as reply_logprobs returns it
@@ -352,11 +361,12 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
     steps = _schedule(len(groups), config)
     ckpt = out / "checkpoint"
+    settings = _update_settings(config, groups)
     start_step = 0
     if (ckpt / "state.pt").exists():  # our own file: plain tensors and numbers, loaded without pickle's code paths
         state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
         # A resumed run must take the steps the first run planned: settings that change the update are compared.
-        for key, value in _update_settings(config, groups).items():
+        for key, value in settings.items():
             if state.get("settings", {}).get(key) != value:
                 raise ConfigError(f"{ckpt / 'state.pt'}: field {key!r} was {state.get('settings', {}).get(key)!r} when the checkpoint was "
                                   f"written, now {value!r}; use another output_dir or the same settings")
@@ -367,7 +377,8 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
     log = JsonlLogger(out / "metrics.jsonl")
     log.truncate_after(start_step)  # steps past the checkpoint are redone; a fresh run starts a fresh curve
     # A resumed run's clock goes on from its checkpoint's step, so 'seconds' and train_seconds are the update's time.
-    done_before = float(log.read()[-1].get("seconds", 0.0)) if start_step and log.read() else 0.0
+    logged = log.read() if start_step else []
+    done_before = float(logged[-1].get("seconds", 0.0)) if logged else 0.0
     begin = time.perf_counter() - done_before
     for step in range(start_step, len(steps)):
         batch = steps[step]
@@ -406,7 +417,7 @@ def train_question_ppo(config: QuestionPPOConfig) -> dict[str, Any]:
             ckpt.mkdir(exist_ok=True)
             tmp = ckpt / "state.tmp"
             torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step + 1,
-                        "settings": _update_settings(config, groups)}, tmp)
+                        "settings": settings}, tmp)
             tmp.replace(ckpt / "state.pt")
         if (step + 1) % 10 == 0 or step + 1 == len(steps):
             print(f"[qppo] step {step + 1}/{len(steps)} ({time.perf_counter() - begin:.0f} s)", flush=True)

@@ -17,7 +17,6 @@ runs/qppo-gpu/qs-2/samples.jsonl [--device cuda]`` → ``benchmarks/results/upda
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,16 @@ _NO_KERNEL = {"empty", "empty_like", "empty_strided", "view", "unsafe_view", "as
               "result_type"}
 
 
-def _step(model: Any, tokens: list[Any], chunk: int, pad_id: int) -> None:
+def _logprobs(model: Any, tokens: list[Any], chunk: int, pad_id: int) -> list[list[Any]]:
+    """Each call's states' log-probabilities, ``chunk`` states per call, as the update computes them."""
     from training.question_ppo import reply_logprobs_batch
 
-    for k in range(0, len(tokens), chunk):
-        loss = sum(lp.sum() for lp, _ in reply_logprobs_batch(model, tokens[k:k + chunk], 0.8, pad_id))
-        loss.backward()
+    return [[lp for lp, _ in reply_logprobs_batch(model, tokens[k:k + chunk], 0.8, pad_id)] for k in range(0, len(tokens), chunk)]
+
+
+def _step(model: Any, tokens: list[Any], chunk: int, pad_id: int) -> None:
+    for call in _logprobs(model, tokens, chunk, pad_id):
+        sum(lp.sum() for lp in call).backward()
     model.zero_grad(set_to_none=True)
 
 
@@ -51,11 +54,9 @@ def agreement(model: Any, step: list[Any], pad_id: int) -> dict[str, Any]:
     """The first step's log-probabilities and gradients one state per call against all in one call."""
     import torch
 
-    from training.question_ppo import reply_logprobs_batch
-
     def run(chunk: int) -> tuple[list[Any], dict[str, Any]]:
         model.zero_grad(set_to_none=True)
-        logps = [lp for k in range(0, len(step), chunk) for lp, _ in reply_logprobs_batch(model, step[k:k + chunk], 0.8, pad_id)]
+        logps = [lp for call in _logprobs(model, step, chunk, pad_id) for lp in call]
         sum(lp.sum() for lp in logps).backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
@@ -104,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from training.common import load_records
     from training.ppo import load_policy
     from training.question_ppo import _tokenize
 
     torch.set_num_threads(args.threads)
-    records = [r for r in (json.loads(line) for line in args.samples.read_text(encoding="utf-8").splitlines() if line.strip())
-               if r.get("replies")][: args.steps * args.states_per_step]
+    records = [r for r in load_records(args.samples) if r.get("replies")][: args.steps * args.states_per_step]
     if len(records) < args.steps * args.states_per_step:
         raise SystemExit(f"update_speed: {args.samples} has {len(records)} sampled states, fewer than --steps x --states-per-step")
     model, tokenizer = load_policy(args.model, "float32", args.device)
