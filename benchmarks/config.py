@@ -13,12 +13,12 @@ import numpy as np
 
 from mediq_env import Case
 from mediq_env.errors import ConfigError
+from mediq_env.patient import PATIENTS, PRECISIONS
 
 __all__ = ["BASELINE_AGENTS", "MODES", "PATIENTS", "BenchConfig", "Spec", "episode_specs", "is_a"]
 
 MODES = ("interactive", "no_interaction", "full_information")
 BASELINE_AGENTS = ("answer-now", "checklist", "random")
-PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
 
 
 # The types each BenchConfig field may hold, by its annotation (bool is refused where an int is meant).
@@ -103,7 +103,10 @@ class BenchConfig:
             raise ConfigError(f"initial_info must be auto, given or derived, got {self.initial_info!r}")
         kind = self.patient.split(":", 1)[0]
         known = ("faithful", "bm25", "bm25+minilm", "lookup", "lookup+minilm", "llm-select", "llm-freeform")
-        if kind not in known or (kind.startswith("llm") and ":" not in self.patient):
+        option = self.patient.split(":", 1)[1] if ":" in self.patient else None
+        if (kind not in known or (kind.startswith("llm") and option is None)
+                or (kind == "faithful" and option is not None and option not in PRECISIONS)
+                or (kind not in ("faithful", "llm-select", "llm-freeform") and option is not None)):
             raise ConfigError(f"unknown patient {self.patient!r}; use one of {', '.join(PATIENTS)}")
 
     def _check_types(self) -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CANNOT_ANSWER",
     "PATIENTS",
+    "PRECISIONS",
     "FactLookupPatient",
     "FaithfulPatient",
     "Patient",
@@ -337,6 +338,23 @@ def _find_model_dir(root: Any) -> Any:
 
 
 _DEFAULT_REPEAT_SIMILARITY = 0.62
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _autocast(precision: str) -> Any:
+    """The context the encoder runs in: nothing for float32; CPU autocast to bfloat16 otherwise.
+
+    bfloat16 halves the arithmetic's cost on CPUs with native bfloat16 matrix units (avx512_bf16 or AMX):
+    ``benchmarks/results/patient_precision.md`` measures the speed and how many replies change. On a CPU
+    without them it is emulated and slower, so it is an option, not the default.
+    """
+    if precision == "float32":
+        import contextlib
+
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 class FaithfulPatient:
@@ -357,6 +375,9 @@ class FaithfulPatient:
             similar two questions of the history-taking checklist reach 0.616. 0.62 sits just above both:
             about 1% of distinct questions are taken as restatements (a false "same answer"), most rewordings
             are caught. 1.0 turns it off.
+        precision: ``"float32"`` (the default, what the head was fitted on) or ``"bfloat16"`` (the encoder
+            under CPU autocast: about twice as fast on CPUs with native bfloat16 units; a few replies near
+            the threshold change, see ``benchmarks/results/patient_precision.md``). Part of :attr:`model_id`.
     """
 
     def __init__(
@@ -368,9 +389,13 @@ class FaithfulPatient:
         cache_size: int = 4096,
         question_cache: int = 65536,
         repeat_similarity: float = _DEFAULT_REPEAT_SIMILARITY,
+        precision: str = "float32",
     ) -> None:
         if not 0 < repeat_similarity <= 1:
             raise ConfigError(f"repeat_similarity must be in (0, 1], got {repeat_similarity}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.repeat_similarity = repeat_similarity
         self.head = head if isinstance(head, RelevanceHead) else RelevanceHead.load(head or HEAD_PATH)
         if embedder == "minilm":
@@ -404,6 +429,7 @@ class FaithfulPatient:
         # Settings that change replies enter the id only when they differ from the defaults, so that the
         # default patient's id can be read from the shipped files alone (patient_model_id).
         extra = "" if self.gate and self.repeat_similarity == _DEFAULT_REPEAT_SIMILARITY else f";gate={self.gate};repeat={self.repeat_similarity}"
+        extra += "" if self.precision == "float32" else f";precision={self.precision}"
         return _model_id(self.head, ((meta.get("file_sha256") or "") if isinstance(meta, dict) else "") + extra)
 
     def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
@@ -421,7 +447,8 @@ class FaithfulPatient:
 
     def embed_facts(self, facts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings of the facts without their "The patient ..." frame."""
-        return _normalise(np.asarray(self._embedder.encode([strip_frame(f) for f in facts]), dtype=np.float32))
+        with _autocast(self.precision):
+            return _normalise(np.asarray(self._embedder.encode([strip_frame(f) for f in facts]), dtype=np.float32))
 
     def _centred(self, x: np.ndarray, centre: tuple[float, ...]) -> np.ndarray:
         return _normalise(x - np.asarray(centre, dtype=np.float32)) if centre else x
@@ -432,10 +459,11 @@ class FaithfulPatient:
         With the tuned encoder both come from one pass; with any other embedder they are the same vector."""
         missing = list(dict.fromkeys(q for q in questions if q not in self._q_cache))
         if missing:
-            if hasattr(self._embedder, "encode_pair"):
-                plain, tuned = self._embedder.encode_pair(missing)
-            else:
-                plain = tuned = np.asarray(self._embedder.encode(missing), dtype=np.float32)
+            with _autocast(self.precision):
+                if hasattr(self._embedder, "encode_pair"):
+                    plain, tuned = self._embedder.encode_pair(missing)
+                else:
+                    plain = tuned = np.asarray(self._embedder.encode(missing), dtype=np.float32)
             for q, p, t in zip(missing, _normalise(np.asarray(plain)), _normalise(np.asarray(tuned)), strict=True):
                 self._q_cache[q] = (p, t)
             while len(self._q_cache) > self._q_cache_size:
@@ -514,7 +542,7 @@ def default_patient() -> FaithfulPatient:
     return FaithfulPatient()
 
 
-PATIENTS = ("faithful", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
+PATIENTS = ("faithful", "faithful:bfloat16", "bm25", "bm25+minilm", "llm-select:<backend>", "llm-freeform:<backend>")
 _ALIASES = {"lookup": "bm25", "lookup+minilm": "bm25+minilm"}
 
 
@@ -530,22 +558,23 @@ def patient_model_id(spec: str) -> str | None:
     and a resume or a comparison across two ids is refused. Equal to ``FaithfulPatient().model_id``, but
     read from the files without loading a model.
     """
-    kind = spec.partition(":")[0]
+    kind, _, option = spec.partition(":")
     if _ALIASES.get(kind, kind) != "faithful":
         return None
     from mediq_env.tuned_encoder import ENCODER_PATH
 
     head = RelevanceHead.load(HEAD_PATH)
     tuned = head.meta.get("encoder") == "tuned"
-    return _model_id(head, hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else None)
+    extra = f";precision={option}" if option and option != "float32" else ""
+    return _model_id(head, (hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else "") + extra)
 
 
 def make_patient(spec: str) -> Patient:
     """A patient from its short name (see :data:`PATIENTS`; ``lookup`` is the old name of ``bm25``)."""
     kind, _, backend_spec = spec.partition(":")
     kind = _ALIASES.get(kind, kind)
-    if kind == "faithful" and not backend_spec:
-        return FaithfulPatient()
+    if kind == "faithful":
+        return FaithfulPatient(precision=backend_spec or "float32")
     if kind == "bm25" and not backend_spec:
         return FactLookupPatient()
     if kind == "bm25+minilm" and not backend_spec:

@@ -97,8 +97,8 @@ class TunedEncoder:
             with torch.no_grad():
                 if plain:
                     last = _run_layers(self.bert.encoder.layer[self.split:], mid, mask)
-                    plains.append(_pool(last, mask.to(last.dtype)).numpy())
-                tuned.append(self.top_forward(mid, mask).numpy())
+                    plains.append(_pool(last, mask.to(last.dtype)).float().numpy())
+                tuned.append(self.top_forward(mid, mask).float().numpy())  # float32 under bfloat16 autocast too
         return np.concatenate(plains).astype(np.float32), np.concatenate(tuned).astype(np.float32)
 
     # -- files -------------------------------------------------------------------------------------

@@ -227,3 +227,14 @@ def test_patient_model_id_is_the_loaded_patients():
     other = FaithfulPatient(head=dataclasses.replace(RelevanceHead.load(HEAD_PATH), threshold=0.5))
     assert other.model_id != patient.model_id
     assert len({patient.model_id, FaithfulPatient(gate=False).model_id, FaithfulPatient(repeat_similarity=0.9).model_id}) == 3
+
+
+@pytest.mark.parametrize("spec", ["faithful:float16", "bm25:x", "lookup:bfloat16", "llm-select", "oracle"])
+def test_config_refuses_unknown_patients(spec: str) -> None:
+    with pytest.raises(ConfigError, match="unknown patient"):
+        BenchConfig(agent="checklist", patient=spec)
+
+
+@pytest.mark.parametrize("spec", ["faithful", "faithful:bfloat16", "faithful:float32", "bm25", "llm-select:smollm2"])
+def test_config_takes_known_patients(spec: str) -> None:
+    assert BenchConfig(agent="checklist", patient=spec).patient == spec

