@@ -14,7 +14,10 @@ attacked again"). A third round added 150 calibration actions written blind (no 
 other probes); the rules for option letters and places ("the third one"), abbreviations of options, the next
 step put to the patient ("Would X be appropriate?"), "what other details" and announced or numbered
 questions were written against them (gate held 130 → 145 of 150) with no honest calibration probe newly
-turned away, then narrowed after a review found honest questions the first version turned away.
+turned away, then narrowed after a review found honest questions the first version turned away. A fourth round of 140
+blind calibration actions was held 138/140 (gate and patient together) before any change; one guess form was
+added for the leak that generalises (a cause put to the patient, "Could <option> have caused this?"), with no
+honest probe, real clinician question or recorded doctor question changing verdict.
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -83,7 +86,9 @@ _OPTION_LETTER = re.compile(
 # reject an action that also names an option (:func:`_names_option`): "Is it worse at night?" has the form too.
 _GUESS = re.compile(
     r"\b(?:is\s+(?:it|this|that)|(?:could|might|may)\s+(?:it|this|that)\s+be|"
-    r"(?:could|might|may)\s+.{1,60}?\s+(?:be|have\s+been)\b|"
+    r"(?:could|might|may)\s+.{1,60}?\s+(?:be|have\s+(?:been|\w+ed))\b|"
+    # "…have damaged your joints and caused this?": a cause put to the patient (only with an option named)
+    r"caus(?:e|ed|es|ing)\s+(?:this|it|that|these|them|all\s+this|your|the)\b|"
     r"(?:do|did)\s+you\s+(?:think|reckon|suppose|believe)|would\s+you\s+say|"
     r"have\s+you\s+(?:got|been\s+diagnosed\s+with)|are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|"
     r"(?:sounds?|looks?)\s+(?:more\s+|most\s+)?like|probably|the\s+answer|diagnosis|"

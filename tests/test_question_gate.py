@@ -52,6 +52,10 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "What other things bring on the attacks?",
         "Is it a) sharp or b) dull?",
         "Is a right-sided weakness part of it?",
+        # The round-4 guess form needs an option named: these ask about the patient's history.
+        "Could the rash have started after you changed soap?",
+        "What do you think caused this?",
+        "Has anything like this been caused by a medicine before?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -109,6 +113,10 @@ def test_real_questions_pass(question: str) -> None:
         ("Could it be the 2nd option?", "option"),
         ("Wouldn't an anticonvulsant be appropriate?", "option"),
         ("Couple of questions: do you smoke and do you drink?", "multi"),
+        # Round 4: a cause put to the patient that names an option.
+        ("Could all those sleepless nights have triggered the seizure?", "option"),
+        ("Could the panic attack have caused this?", "option"),
+        ("Do you think a stroke caused this?", "option"),
     ],
 )
 def test_non_questions_are_turned_away(action: str, reason: str) -> None:
