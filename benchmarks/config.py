@@ -108,6 +108,8 @@ class BenchConfig:
                 or (kind == "faithful" and option is not None and option not in PRECISIONS)
                 or (kind not in ("faithful", "llm-select", "llm-freeform") and option is not None)):
             raise ConfigError(f"unknown patient {self.patient!r}; use one of {', '.join(PATIENTS)}")
+        if self.patient == "faithful:float32":  # the default precision, spelt out: the same patient and run
+            self.patient = "faithful"
 
     def _check_types(self) -> None:
         # Checked first, so that a hand-edited manifest ("seed": "0", "patient": 3) is refused as damaged

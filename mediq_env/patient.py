@@ -346,7 +346,7 @@ def _autocast(precision: str) -> Any:
 
     bfloat16 halves the arithmetic's cost on CPUs with native bfloat16 matrix units (avx512_bf16 or AMX):
     ``benchmarks/results/patient_precision.md`` measures the speed and how many replies change. On a CPU
-    without them it is emulated and slower, so it is an option, not the default.
+    without them it is expected to be emulated and slower (not measured), so it is an option, not the default.
     """
     if precision == "float32":
         import contextlib
@@ -555,12 +555,14 @@ def patient_model_id(spec: str) -> str | None:
 
     The faithful patient's replies are decided by the files shipped in the package (the relevance head and
     the tuned encoder layers): refitting them changes every reply, so a run records this id in its manifest
-    and a resume or a comparison across two ids is refused. Equal to ``FaithfulPatient().model_id``, but
-    read from the files without loading a model.
+    and a resume or a comparison across two ids is refused. Equal to the ``model_id`` of the patient
+    :func:`make_patient` builds from ``spec`` (``FaithfulPatient(precision=...)``), but read from the files
+    without loading a model.
     """
     kind, _, option = spec.partition(":")
     if _ALIASES.get(kind, kind) != "faithful":
         return None
+    _faithful_precision(spec)
     from mediq_env.tuned_encoder import ENCODER_PATH
 
     head = RelevanceHead.load(HEAD_PATH)
@@ -569,12 +571,22 @@ def patient_model_id(spec: str) -> str | None:
     return _model_id(head, (hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else "") + extra)
 
 
+def _faithful_precision(spec: str) -> str:
+    """The precision a ``faithful[:precision]`` spec names (float32 when none); an unknown one is refused."""
+    _, colon, option = spec.partition(":")
+    if not colon:
+        return "float32"
+    if option not in PRECISIONS:
+        raise ConfigError(f"unknown patient {spec!r}: the faithful patient's option is its precision, one of {', '.join(PRECISIONS)}")
+    return option
+
+
 def make_patient(spec: str) -> Patient:
     """A patient from its short name (see :data:`PATIENTS`; ``lookup`` is the old name of ``bm25``)."""
     kind, _, backend_spec = spec.partition(":")
     kind = _ALIASES.get(kind, kind)
     if kind == "faithful":
-        return FaithfulPatient(precision=backend_spec or "float32")
+        return FaithfulPatient(precision=_faithful_precision(spec))
     if kind == "bm25" and not backend_spec:
         return FactLookupPatient()
     if kind == "bm25+minilm" and not backend_spec:

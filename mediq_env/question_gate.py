@@ -15,9 +15,9 @@ other probes); the rules for option letters and places ("the third one"), abbrev
 step put to the patient ("Would X be appropriate?"), "what other details" and announced or numbered
 questions were written against them (gate held 130 → 145 of 150) with no honest calibration probe newly
 turned away, then narrowed after a review found honest questions the first version turned away. A fourth round of 140
-blind calibration actions was held 138/140 (gate and patient together) before any change; one guess form was
-added for the leak that generalises (a cause put to the patient, "Could <option> have caused this?"), with no
-honest probe, real clinician question or recorded doctor question changing verdict.
+blind calibration actions was held 138/140 (gate and patient together) before any change; a form was added
+for an option put forward as the cause ("Could <option> have caused this?", :data:`_CAUSE_GUESS`), narrowed
+after a review found honest history questions the first version turned away.
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -86,9 +86,7 @@ _OPTION_LETTER = re.compile(
 # reject an action that also names an option (:func:`_names_option`): "Is it worse at night?" has the form too.
 _GUESS = re.compile(
     r"\b(?:is\s+(?:it|this|that)|(?:could|might|may)\s+(?:it|this|that)\s+be|"
-    r"(?:could|might|may)\s+.{1,60}?\s+(?:be|have\s+(?:been|\w+ed))\b|"
-    # "…have damaged your joints and caused this?": a cause put to the patient (only with an option named)
-    r"caus(?:e|ed|es|ing)\s+(?:this|it|that|these|them|all\s+this|your|the)\b|"
+    r"(?:could|might|may)\s+.{1,60}?\s+(?:be|have\s+been)\b|"
     r"(?:do|did)\s+you\s+(?:think|reckon|suppose|believe)|would\s+you\s+say|"
     r"have\s+you\s+(?:got|been\s+diagnosed\s+with)|are\s+you\s+(?:suffering\s+from|sure)|it's|it\s+is|"
     r"(?:sounds?|looks?)\s+(?:more\s+|most\s+)?like|probably|the\s+answer|diagnosis|"
@@ -238,12 +236,36 @@ def _acronyms(option: str) -> frozenset[str]:
     return frozenset(written)
 
 
+# An option put forward as the cause of the complaint: "Could <option> have caused this?", "Did <option> bring
+# this on?". Only the words before the verb are matched against the options, the thing caused must be the
+# complaint itself ("this", "it"), and a person as the subject is no guess: "What caused your last asthma
+# attack?", "Do you know if gout caused your father's kidney stones?" and "Could you have missed your asthma
+# inhaler?" ask about the patient's history.
+_CAUSE_GUESS = re.compile(
+    r"^\W*(?:(?:so|and|then|now|ok|okay)\W+)?(?:could|might|may|can|did|does|do|would|was|is)\s+"
+    r"(?!(?:you|he|she|they|we|i|anyone|anybody|someone|somebody)\b)(?P<cause>.{2,120}?)\s+"
+    r"(?:have\s+|has\s+|be\s+)?(?:(?:caus(?:e|ed|ing)|trigger(?:ed)?|br(?:ing|ought)\s+on|lea?d\s+to|set\s+off|giv(?:e|en)\s+you"
+    r"|behind|responsible\s+for|to\s+blame\s+for)\s+(?:all\s+(?:of\s+)?)?(?:this|these|that|it|them)\b"
+    r"|br(?:ing|ought)\s+(?:all\s+(?:of\s+)?)?(?:this|these|that|it|them)\s+on\b)",
+    re.I,
+)
+
+
 def _names_option(text: str, options: Mapping[str, str]) -> bool:
     """The action guesses at an option: a guess form (:data:`_GUESS`) naming an option — most of a short
     option's words ("Could this be sleep paralysis?"), or, for the sentence-long options of some datasets, at
-    least two words that make up half of the action's own ("Would taking iron every day be best?")."""
+    least two words that make up half of the action's own ("Would taking iron every day be best?") — or an
+    option put forward as the cause (:data:`_CAUSE_GUESS`)."""
+    cause = _CAUSE_GUESS.search(text)
+    if cause and _mentions_option(cause.group("cause"), options):
+        return True
     if not _GUESS.search(text):
         return False
+    return _mentions_option(text, options)
+
+
+def _mentions_option(text: str, options: Mapping[str, str]) -> bool:
+    """``text`` names one of ``options``: by most of its words, its own wording, or its abbreviation."""
     lowered = text.lower()
     mine = _stems(text)
     # An abbreviation counts only as the thing guessed ("Could this be IBS?"), not anywhere in the question ("Is it

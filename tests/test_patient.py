@@ -197,5 +197,8 @@ def test_bfloat16_patient_is_another_model_that_answers_almost_alike(builtin_pro
     assert changed <= 0.02 * len(builtin_probes)
     with pytest.raises(ConfigError, match="precision must be one of"):
         FaithfulPatient(precision="int8")
-    with pytest.raises(ConfigError, match="precision must be one of"):
-        make_patient("faithful:float16")
+    for spec in ("faithful:float16", "faithful:", "faithful:bfloat16:x"):
+        with pytest.raises(ConfigError, match="unknown patient"):
+            make_patient(spec)
+        with pytest.raises(ConfigError, match="unknown patient"):
+            patient_model_id(spec)

@@ -52,10 +52,19 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "What other things bring on the attacks?",
         "Is it a) sharp or b) dull?",
         "Is a right-sided weakness part of it?",
-        # The round-4 guess form needs an option named: these ask about the patient's history.
+        # The round-4 cause form needs an option as the cause of the complaint itself: these ask about the
+        # patient's history (found by a review of its first version, which turned them away).
         "Could the rash have started after you changed soap?",
         "What do you think caused this?",
         "Has anything like this been caused by a medicine before?",
+        "What caused your last panic attack?",
+        "Has anything ever caused your seizures to get worse, like missed sleep?",
+        "Do you know if a stroke caused your father's weakness?",
+        "Did you have seizures that caused the same confusion before?",
+        "Might you have missed doses of your seizure medicine?",
+        "Could your sleep paralysis have worsened after you stopped the tablets?",
+        "Could you have been exposed to anything at work?",
+        "Could stress have caused this?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -113,9 +122,12 @@ def test_real_questions_pass(question: str) -> None:
         ("Could it be the 2nd option?", "option"),
         ("Wouldn't an anticonvulsant be appropriate?", "option"),
         ("Couple of questions: do you smoke and do you drink?", "multi"),
-        # Round 4: a cause put to the patient that names an option.
-        ("Could all those sleepless nights have triggered the seizure?", "option"),
+        # Round 4: an option put forward as the cause of the complaint.
         ("Could the panic attack have caused this?", "option"),
+        ("Could a seizure have brought all this on?", "option"),
+        ("So might sleep paralysis be behind it?", "option"),
+        ("Did your GP say a stroke caused this?", "option"),
+        ("Is a panic attack responsible for this?", "option"),
         ("Do you think a stroke caused this?", "option"),
     ],
 )

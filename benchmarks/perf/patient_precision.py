@@ -11,7 +11,8 @@ the same patient two ways, side by side in one process, on one core:
 and reports (1) env steps/s, single and batched ×64, with distinct questions (``env_speed``'s worst case),
 (2) on every probe of both halves, how many replies reveal other facts than in float32, and (3) the test
 half's four faithfulness figures per source for both. Whether the CPU has native bfloat16 units is
-recorded: without them autocast emulates bfloat16 and is slower, which is why float32 stays the default.
+recorded: without them autocast is expected to emulate bfloat16 and run slower (not measured here), one reason
+float32 stays the default.
 
 int8 dynamic quantisation was tried first and rejected (noted in the result file): 2.5× faster, but the
 tuned embeddings moved to a median cosine of 0.95 with float32's, which no threshold survives.
@@ -116,8 +117,8 @@ def report(r: dict[str, Any]) -> str:
         + fig_rows
         + f"\n\nPatient model ids (recorded in run manifests): float32 `{r['model_id']['float32']}`, bfloat16 "
         f"`{r['model_id']['bfloat16']}`: runs of the two are never mixed on resume or compared.\n\n"
-        "Not shipped as the default: on a CPU without native bfloat16 units autocast is emulated and slower, "
-        "and the doctor tables were made in float32. int8 dynamic quantisation (torch `quantize_dynamic` on every "
+        "Not shipped as the default: on a CPU without native bfloat16 units autocast is expected to be emulated "
+        "and slower (not measured: this run's CPU has them), and the doctor tables were made in float32. int8 dynamic quantisation (torch `quantize_dynamic` on every "
         "linear layer) was tried first: 2.5× faster, but the tuned question embeddings fell to a median cosine "
         "of 0.95 with float32's (quantising only the feed-forward input layer: 0.99, but 1.25×), so it was dropped.\n"
     )
