@@ -376,7 +376,7 @@ class FaithfulPatient:
             about 1% of distinct questions are taken as restatements (a false "same answer"), most rewordings
             are caught. 1.0 turns it off.
         precision: ``"float32"`` (the default, what the head was fitted on) or ``"bfloat16"`` (the encoder
-            under CPU autocast: about twice as fast on CPUs with native bfloat16 units; a few replies near
+            under CPU autocast: 1.7–1.9× the batched steps/s on a CPU with native bfloat16 units; a few replies near
             the threshold change, see ``benchmarks/results/patient_precision.md``). Part of :attr:`model_id`.
     """
 
@@ -429,7 +429,7 @@ class FaithfulPatient:
         # Settings that change replies enter the id only when they differ from the defaults, so that the
         # default patient's id can be read from the shipped files alone (patient_model_id).
         extra = "" if self.gate and self.repeat_similarity == _DEFAULT_REPEAT_SIMILARITY else f";gate={self.gate};repeat={self.repeat_similarity}"
-        extra += "" if self.precision == "float32" else f";precision={self.precision}"
+        extra += _precision_suffix(self.precision)
         return _model_id(self.head, ((meta.get("file_sha256") or "") if isinstance(meta, dict) else "") + extra)
 
     def _case_data(self, case: Case) -> tuple[_CaseIndex, list[set[str]]]:
@@ -546,6 +546,12 @@ PATIENTS = ("faithful", "faithful:bfloat16", "bm25", "bm25+minilm", "llm-select:
 _ALIASES = {"lookup": "bm25", "lookup+minilm": "bm25+minilm"}
 
 
+def _precision_suffix(precision: str) -> str:
+    """What a non-default precision adds to the model id (nothing for float32: the default id stays that of
+    the shipped files)."""
+    return "" if precision == "float32" else f";precision={precision}"
+
+
 def _model_id(head: RelevanceHead, encoder_sha256: str | None) -> str:
     return hashlib.sha256((head.to_json() + (encoder_sha256 or "")).encode("utf-8")).hexdigest()[:12]
 
@@ -559,16 +565,16 @@ def patient_model_id(spec: str) -> str | None:
     :func:`make_patient` builds from ``spec`` (``FaithfulPatient(precision=...)``), but read from the files
     without loading a model.
     """
-    kind, _, option = spec.partition(":")
+    kind = spec.partition(":")[0]
     if _ALIASES.get(kind, kind) != "faithful":
         return None
-    _faithful_precision(spec)
+    precision = _faithful_precision(spec)
     from mediq_env.tuned_encoder import ENCODER_PATH
 
     head = RelevanceHead.load(HEAD_PATH)
     tuned = head.meta.get("encoder") == "tuned"
-    extra = f";precision={option}" if option and option != "float32" else ""
-    return _model_id(head, (hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else "") + extra)
+    encoder = hashlib.sha256(ENCODER_PATH.read_bytes()).hexdigest() if tuned else ""
+    return _model_id(head, encoder + _precision_suffix(precision))
 
 
 def _faithful_precision(spec: str) -> str:
