@@ -13,7 +13,7 @@ import numpy as np
 
 from mediq_env import Case
 from mediq_env.errors import ConfigError
-from mediq_env.patient import PATIENTS, PRECISIONS
+from mediq_env.patient import PATIENTS, patient_spec
 
 __all__ = ["BASELINE_AGENTS", "MODES", "PATIENTS", "BenchConfig", "Spec", "episode_specs", "is_a"]
 
@@ -101,15 +101,7 @@ class BenchConfig:
             raise ConfigError(f"modes must include 'interactive' and come from {MODES}, got {self.modes}")
         if self.initial_info not in ("auto", "given", "derived"):
             raise ConfigError(f"initial_info must be auto, given or derived, got {self.initial_info!r}")
-        kind = self.patient.split(":", 1)[0]
-        known = ("faithful", "bm25", "bm25+minilm", "lookup", "lookup+minilm", "llm-select", "llm-freeform")
-        option = self.patient.split(":", 1)[1] if ":" in self.patient else None
-        if (kind not in known or (kind.startswith("llm") and option is None)
-                or (kind == "faithful" and option is not None and option not in PRECISIONS)
-                or (kind not in ("faithful", "llm-select", "llm-freeform") and option is not None)):
-            raise ConfigError(f"unknown patient {self.patient!r}; use one of {', '.join(PATIENTS)}")
-        if self.patient == "faithful:float32":  # the default precision, spelt out: the same patient and run
-            self.patient = "faithful"
+        self.patient = patient_spec(self.patient)  # refuses an unknown one; faithful:float32 is faithful
 
     def _check_types(self) -> None:
         # Checked first, so that a hand-edited manifest ("seed": "0", "patient": 3) is refused as damaged

@@ -51,6 +51,7 @@ __all__ = [
     "default_patient",
     "make_patient",
     "patient_model_id",
+    "patient_spec",
 ]
 
 CANNOT_ANSWER = "I'm not sure. Nobody has told me that."
@@ -568,7 +569,7 @@ def patient_model_id(spec: str) -> str | None:
     kind = spec.partition(":")[0]
     if _ALIASES.get(kind, kind) != "faithful":
         return None
-    precision = _faithful_precision(spec)
+    precision = patient_spec(spec).partition(":")[2] or "float32"
     from mediq_env.tuned_encoder import ENCODER_PATH
 
     head = RelevanceHead.load(HEAD_PATH)
@@ -577,30 +578,34 @@ def patient_model_id(spec: str) -> str | None:
     return _model_id(head, encoder + _precision_suffix(precision))
 
 
-def _faithful_precision(spec: str) -> str:
-    """The precision a ``faithful[:precision]`` spec names (float32 when none); an unknown one is refused."""
-    _, colon, option = spec.partition(":")
-    if not colon:
-        return "float32"
-    if option not in PRECISIONS:
-        raise ConfigError(f"unknown patient {spec!r}: the faithful patient's option is its precision, one of {', '.join(PRECISIONS)}")
-    return option
+def patient_spec(spec: str) -> str:
+    """``spec`` checked against :data:`PATIENTS` without building anything, in its one spelling
+    (``faithful:float32`` is ``faithful``). Raises :class:`ConfigError` naming the known patients."""
+    kind, colon, option = spec.partition(":")
+    kind = _ALIASES.get(kind, kind)
+    known = (
+        (kind == "faithful" and (not colon or option in PRECISIONS))
+        or (kind in ("bm25", "bm25+minilm") and not colon)
+        or (kind in ("llm-select", "llm-freeform") and bool(option))
+    )
+    if not known:
+        raise ConfigError(f"unknown patient {spec!r}; use one of {', '.join(PATIENTS)}")
+    return "faithful" if spec == "faithful:float32" else spec
 
 
 def make_patient(spec: str) -> Patient:
     """A patient from its short name (see :data:`PATIENTS`; ``lookup`` is the old name of ``bm25``)."""
-    kind, _, backend_spec = spec.partition(":")
+    kind, _, option = patient_spec(spec).partition(":")
     kind = _ALIASES.get(kind, kind)
     if kind == "faithful":
-        return FaithfulPatient(precision=_faithful_precision(spec))
-    if kind == "bm25" and not backend_spec:
+        return FaithfulPatient(precision=option or "float32")
+    if kind == "bm25":
         return FactLookupPatient()
-    if kind == "bm25+minilm" and not backend_spec:
+    if kind == "bm25+minilm":
         return FactLookupPatient(embedder="minilm")
-    if kind in ("llm-select", "llm-freeform") and backend_spec:
-        from mediq_env.backends.factory import make_backend
-        from mediq_env.llm_patient import LLMPatient
+    # llm-select / llm-freeform, with a backend (patient_spec refused them without one)
+    from mediq_env.backends.factory import make_backend
+    from mediq_env.llm_patient import LLMPatient
 
-        mode: Any = kind.split("-", 1)[1]
-        return LLMPatient(make_backend(backend_spec), mode=mode)
-    raise ConfigError(f"unknown patient {spec!r}; use one of {', '.join(PATIENTS)}")
+    mode: Any = kind.split("-", 1)[1]
+    return LLMPatient(make_backend(option), mode=mode)

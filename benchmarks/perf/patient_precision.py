@@ -36,9 +36,8 @@ from benchmarks.patient_quality import evaluate_patient, probe_metrics  # noqa: 
 from benchmarks.perf.env_speed import _pin_torch, batched, single  # noqa: E402
 from benchmarks.probes import SOURCES, load_probes  # noqa: E402
 from mediq_env import builtin_cases  # noqa: E402
-from mediq_env.patient import FaithfulPatient, PatientQuery  # noqa: E402
+from mediq_env.patient import PRECISIONS, FaithfulPatient, PatientQuery  # noqa: E402
 
-PRECISIONS = ("float32", "bfloat16")
 FIGURES = ("answered", "off_target", "abstained", "adversarial_held")
 
 
