@@ -19,6 +19,7 @@ A patient answers a doctor's question from a case's atomic facts and reports whi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections import OrderedDict
@@ -350,8 +351,6 @@ def _autocast(precision: str) -> Any:
     without them it is expected to be emulated and slower (not measured), so it is an option, not the default.
     """
     if precision == "float32":
-        import contextlib
-
         return contextlib.nullcontext()
     import torch
 
