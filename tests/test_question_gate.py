@@ -65,6 +65,10 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Could your sleep paralysis have worsened after you stopped the tablets?",
         "Could you have been exposed to anything at work?",
         "Could stress have caused this?",
+        # "everything" that asks for nothing at once (third labelling round, calibration).
+        "Are you seeing two of everything?",
+        "Did everything settle once you had finished the antibiotics?",
+        "Does everything taste strange?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -129,6 +133,9 @@ def test_real_questions_pass(question: str) -> None:
         ("Did your GP say a stroke caused this?", "option"),
         ("Is a panic attack responsible for this?", "option"),
         ("Do you think a stroke caused this?", "option"),
+        ("Give me the whole rundown of everything you've noticed.", "catchall"),
+        ("Describe everything that looked odd to you.", "catchall"),
+        ("Tell me everything.", "catchall"),
     ],
 )
 def test_non_questions_are_turned_away(action: str, reason: str) -> None:
