@@ -61,8 +61,9 @@ _AUX = frozenset(["do", "does", "did", "are", "is", "was", "were", "have", "has"
 
 _CATCHALL = re.compile(
     # "everything" asks for all at once, except in "two of everything" (double vision) and as the subject of a
-    # settling or seeming ("Did everything settle after the antibiotics?"): honest calibration questions.
-    r"\b(?:(?<!\btwo\sof\s)(?<!\bdouble\sof\s)everything(?!\s+(?:settle|settled|clear|cleared|heal|healed|seem|seemed|seems|look|looked|looks|taste|tasted|tastes|smell|smelled|smells|sound|sounded|sounds)\b)|every\s+(?:detail|symptom|thing)|all\s+(?:of\s+)?(?:your|the|my)?\s*"
+    # settling or seeming ("Did everything settle after the antibiotics?", "…as though everything around you is
+    # turning?"): honest calibration questions.
+    r"\b(?:(?<!\btwo\sof\s)(?<!\bdouble\sof\s)everything(?!\s+(?:settle|settled|clear|cleared|heal|healed|seem|seemed|seems|look|looked|looks|taste|tasted|tastes|smell|smelled|smells|sound|sounded|sounds|around\s+(?:you|him|her|them))\b)|every\s+(?:detail|symptom|thing)|all\s+(?:of\s+)?(?:your|the|my)?\s*"
     r"(?:symptoms|details|history|information|info|facts|problems|issues|complaints|medical\s+history)"
     r"|anything\s+(?:else|more|at\s+all)|what\s+else|what\s+(?:other|more|further|additional)\s+(?:details?|information|info)\b(?!\s+(?:did|does|do|has|have|had|was|were)\s+(?:the|your|he|she|they)\b)|any(?:thing)?\s+(?:other|more|further|additional)\s+"
     r"(?:details?|information|info|things?|symptoms?|facts|issues|problems|complaints|concerns|history)"

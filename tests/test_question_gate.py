@@ -69,6 +69,7 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Are you seeing two of everything?",
         "Did everything settle once you had finished the antibiotics?",
         "Does everything taste strange?",
+        "During an attack, does it feel as though everything around you is spinning?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
