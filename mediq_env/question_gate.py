@@ -70,7 +70,13 @@ _CATCHALL = re.compile(
     r"|(?:full|whole|complete|entire)\s+(?:\w+\s+)?(?:story|history|picture|details?|rundown|account)"
     r"|more\s+(?:details?|information|info)|all\s+you\s+(?:know|can)|the\s+rest|what(?:'s|\s+is)\s+going\s+on"
     r"|(?:tell|say)\s+(?:me\s+)?(?:more|anything|something)(?:\s+about\s+(?:yourself|it|this|that|your\s+health))?\s*[?.!]*$"
-    r"|anything\s+(?:i|we)\s+should\s+know|whatever(?:\s+else)?\s+(?:comes|you\s+can|you\s+want))\b",
+    r"|anything\s+(?:i|we)\s+should\s+know|whatever(?:\s+else)?\s+(?:comes|you\s+can|you\s+want)"
+    # Round 5 (calibration actions written blind): "…all of it.", "…, the lot.", "every single…", "every
+    # neurological symptom", "is there more I ought to know?", "anything relevant", "tell me all about her".
+    # Not "every medicine / test you've had": one history topic, asked honestly too.
+    r"|(?:all\s+of\s+(?:it|them)|the\s+lot)(?=\s*(?:,?\s*please)?\s*(?:[.!]|$))|every\s+single(?!\s+(?:day|night|time|morning|evening|week|month|year|meal|hour)s?\b)|every\s+\w+\s+(?:symptoms?|details?)\b"
+    r"|more\s+(?:that\s+)?(?:i|we)\s+(?:ought\s+to|should|need\s+to|must)\s+know"
+    r"|anything\s+(?:else\s+)?relevant|all\s+about\s+(?:her|him|it|them|you|yourself|this|that))\b",
     re.I,
 )
 _OPTION_LETTER = re.compile(

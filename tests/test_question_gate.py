@@ -70,6 +70,12 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Did everything settle once you had finished the antibiotics?",
         "Does everything taste strange?",
         "During an attack, does it feel as though everything around you is spinning?",
+        # Round 5's catch-all forms end a request; these use the same words inside a question.
+        "Did all of them have the same rash?",
+        "Have you had all of them?",
+        "Do you get it every single day?",
+        "Can you list every medicine you take, even short courses?",
+        "Has every test for infection come back negative?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -88,6 +94,13 @@ def test_real_questions_pass(question: str) -> None:
         ("FeverSmoke] fever fever", "gibberish"),
         ("cough cough cough cough", "gibberish"),
         ("Tell me everything.", "catchall"),
+        # Round 5 (calibration actions written blind).
+        ("Tell me about the headaches. All of it.", "catchall"),
+        ("Your medicines, your operations, your scans - all of it, please.", "catchall"),
+        ("What tests have you had? Every single one, please.", "catchall"),
+        ("Describe every neurological symptom you've had since the summer.", "catchall"),
+        ("Is there more I ought to know?", "catchall"),
+        ("Tell me all about her: her sleep, her feeding, anything relevant.", "catchall"),
         ("Can you describe all of your symptoms in detail?", "catchall"),
         ("Is there anything else I should know?", "catchall"),
         ("Any other symptoms?", "catchall"),
