@@ -76,7 +76,7 @@ _CATCHALL = re.compile(
     # Not "every medicine / test you've had": one history topic, asked honestly too.
     r"|(?:all\s+of\s+(?:it|them)|the\s+lot)(?=\s*(?:,?\s*please)?\s*(?:[.!]|$))|every\s+single(?!\s+(?:day|night|time|morning|evening|week|month|year|meal|hour)s?\b)|every\s+\w+\s+(?:symptoms?|details?)\b"
     r"|more\s+(?:that\s+)?(?:i|we)\s+(?:ought\s+to|should|need\s+to|must)\s+know"
-    r"|anything\s+(?:else\s+)?relevant|all\s+about\s+(?:her|him|it|them|you|yourself|this|that))\b",
+    r"|anything\s+(?:else\s+)?relevant|anything\s+(?:you've|you\s+have|you)\s+(?:left\s+out|not\s+(?:told|mentioned))|all\s+about\s+(?:her|him|it|them|you|yourself|this|that))\b",
     re.I,
 )
 _OPTION_LETTER = re.compile(
@@ -87,6 +87,11 @@ _OPTION_LETTER = re.compile(
     # "…is C right?"; "Do you think it's the third one?" (options named by their place in the list)
     r"|\b(?i:is|be|it's|it\s+is)\s+\(?[A-Jb-j]\)?\s+(?i:right|correct|the\s+(?:right|correct)\s+one)\b"
     r"|\b(?i:the\s+(?:first|second|third|fourth|fifth|last|[1-5](?:st|nd|rd|th))\s+(?:option|choice|answer)\b)"
+    # Round 5: "That's C, isn't it?", "So you'd agree with C?", "A hidden stone — D — maybe?", "the third test on
+    # the list". Not the letter I (a pronoun) in these forms.
+    r"|\b(?i:that's|that\s+is|agree\s+with|going\s+with|vote\s+for)\s+\(?[A-HJ]\)?(?=[\s,.?!)\-—–]|$)"
+    r"|[—–-]\s*\(?[A-HJ]\)?\s*[—–-]"
+    r"|\b(?i:(?:first|second|third|fourth|fifth|last)\s+(?:\w+\s+){0,2}on\s+the\s+list)\b"
     # "the first one" is also an episode or a tablet: only a guess when it ends the clause ("…it's the third one?")
     r"|\b(?i:it's|it\s+is|is\s+it|be|pick|choose|go\s+with|lean(?:ing)?\s+towards?)\s+(?i:the\s+)"
     r"(?i:first|second|third|fourth|fifth|last|[1-5](?:st|nd|rd|th))(?:\s+(?i:one))?\s*(?:[?!.,]|$))",
@@ -114,7 +119,9 @@ _GUESS = re.compile(
 _WOULD_NOT_A_PERSON = (r"^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+not)?\s+"
                        r"(?!(?:you|anyone|anybody|someone|somebody|your|they|he|she|we|i|my|his|her|their)\b)")
 _PLAN = re.compile(
-    r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to)\b|\blet's\b"
+    r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to|they|that|the|a|an)\b|\blet's\b"
+    # Round 5: consent to a next step ("Would you be willing to see a specialist?"), not a question about history.
+    r"|\bwould\s+you\s+be\s+(?:willing|happy|prepared)\s+to\b"
     r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
     r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b"
     # "Would <a drug> be appropriate for you?", "Would it be reasonable to wait and see?", "Would <a test> tell
@@ -142,7 +149,8 @@ _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
     r"|,?\s+(?:and|plus|also)\s+(?=whether\b)"
-    r"|,\s+(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
+    # A dash before "and <auxiliary>" joins a second question as a comma does ("Which fingers tingle - and does…").
+    r"|(?:,\s+|\s*[-—–]\s*)(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
     + r"(?=" + _AUX_RE + r"\s+[a-z]|" + _WH_RE + ")"
     r"|\s+(?:and|also|plus|then)\s+" + _NOT_WHAT_IT_SHOWED + r"(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")",
     re.I,
