@@ -78,6 +78,9 @@ REWARD_CONFIGS: dict[str, RewardConfig | None] = {
 SEED = 0
 ANSWER = "ANSWER: A"
 MAX_QUESTIONS = 5
+MIN_GOOD_QUESTIONS = 4
+"""A case enters the suite only with at least this many labelled good questions: every doctor asks as many
+questions as the fewest any case has, so one case with a single good question would cut every episode to one."""
 
 Doctor = Callable[[DialogueState, Sequence[str], int], list[str]]
 """A scripted doctor: (the doctor's view at reset, the case's good questions, n) -> exactly n actions."""
@@ -346,12 +349,16 @@ def run_suite(
         if source != "builtin" and not (path := source_path(source, data_dir)).exists():
             results["skipped"].append(f"{source}: {path.name} not found in {path.parent}")
             continue
-        good = good_questions(source, data_dir)
+        labelled = good_questions(source, data_dir)
+        good = {cid: qs for cid, qs in labelled.items() if len(qs) >= MIN_GOOD_QUESTIONS}
         cases_by_id = load_probe_cases(source, data_dir)
         cases = [cases_by_id[cid] for cid in good]
         # Everyone asks the same number of actions: as many as the fewest good questions any case has.
         n = min(max_questions, min(len(q) for q in good.values()))
-        per_source: dict[str, Any] = {"n_cases": len(cases), "questions_per_doctor": n, "patients": {}}
+        per_source: dict[str, Any] = {
+            "n_cases": len(cases), "questions_per_doctor": n, "patients": {},
+            "cases_left_out": {"count": len(labelled) - len(good), "why": f"fewer than {MIN_GOOD_QUESTIONS} labelled good questions"},
+        }
         for patient_name in patients:
             patient = (patient_objects or {}).get(patient_name) or make_patient(patient_name)
             env = MediQEnv(cases, patient=patient, max_questions=n)
@@ -398,7 +405,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         for patient, pres in per["patients"].items():
             for cfg, rows in pres["configs"].items():
                 lines += [
-                    f"## {patient} patient · {source} ({per['n_cases']} cases, {per['questions_per_doctor']} questions) · {cfg}",
+                    f"## {patient} patient · {source} ({per['n_cases']} cases, {per['questions_per_doctor']} questions"
+                    + (f"; {left['count']} cases left out: {left['why']}" if (left := per.get("cases_left_out", {})).get("count") else "")
+                    + f") · {cfg}",
                     "",
                     "| doctor | reward | coverage | Δ reward vs checklist | Δ coverage vs checklist | gate | verdict |",
                     "| --- | --- | --- | --- | --- | --- | --- |",

@@ -62,3 +62,20 @@ def test_no_failing_row(results):
     # answered broad history questions poorly: the checklist it is judged against found little more than one
     # question. With history-taking probes in the relevance fit it is strictly below on every reward.
     assert failures(results) == []
+
+
+def test_a_case_with_too_few_good_questions_is_left_out_and_counted(monkeypatch):
+    """One case with a single labelled good question must not cut every doctor's episode to one question."""
+    import benchmarks.hacks as hacks
+
+    real = hacks.good_questions
+
+    def fewer(source, data_dir=None):
+        good = real(source, data_dir)
+        first = next(iter(good))
+        return {**good, first: good[first][:1]}
+
+    monkeypatch.setattr(hacks, "good_questions", fewer)
+    per = run_suite(["builtin"], ["bm25"])["sources"]["builtin"]
+    assert per["n_cases"] == 43 and per["questions_per_doctor"] == 5
+    assert per["cases_left_out"]["count"] == 1
