@@ -120,8 +120,9 @@ _WOULD_NOT_A_PERSON = (r"^\W*(?:(?:so|and|then|now|ok|okay)\W+)?would(?:n't|\s+n
                        r"(?!(?:you|anyone|anybody|someone|somebody|your|they|he|she|we|i|my|his|her|their)\b)")
 _PLAN = re.compile(
     r"\b(?:should|shall)\s+(?:we|i)\s+(?!have\s+been\b)|\bwould\s+you\s+(?:rather|prefer)\s+(?:we|i|to|they|that|the|a|an)\b|\blet's\b"
-    # Round 5: consent to a next step ("Would you be willing to see a specialist?"), not a question about history.
-    r"|\bwould\s+you\s+be\s+(?:willing|happy|prepared)\s+to\b"
+    # Round 5: consent to a next step ("Would you be willing to see a specialist?", "Would you like to raise it
+    # with your neurologist?"), not a question about history.
+    r"|\bwould\s+you\s+be\s+(?:willing|happy|prepared)\s+to\b|\bwould\s+you\s+(?:like|want)\s+to\b"
     r"|\bhow\s+about\s+(?:we|i)\b|\b(?:do|would)\s+you\s+(?:want|like)\s+(?:us|me)\s+to\b"
     r"|\bwould\s+(?:\w+ing)\b.{0,60}\s+(?:help|work|fix|cure|sort|solve|clear|settle|resolve|do\s+the\s+trick)\b"
     # "Would <a drug> be appropriate for you?", "Would it be reasonable to wait and see?", "Would <a test> tell
@@ -144,7 +145,7 @@ _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[
 _SUBJECT = r"(?:you|it|he|she|they|there|this|that|the|your|his|their|my|our|anyone|we|i)\b"
 _NOT_WHAT_IT_SHOWED = r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
 _AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
-_WH_RE = "(?:" + "|".join(sorted(_WH)) + r")\s"
+_WH_RE = "(?:" + "|".join(sorted(_WH)) + r")(?:\s|['’]s\b)"  # "…, and what's your…" too
 _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"

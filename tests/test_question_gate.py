@@ -81,6 +81,7 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Is it worse in the evening - when you're tired?",
         "That's a lot, isn't it?",
         "Was it the first time?",
+        "Do you know what's causing it?",
     ],
 )
 def test_real_questions_pass(question: str) -> None:
@@ -114,6 +115,9 @@ def test_real_questions_pass(question: str) -> None:
         ("Would you be willing to see a sleep specialist?", "option"),
         ("Would you prefer they refer you to a neurologist?", "option"),
         ("Where does the numbness start - and does it spread?", "multi"),
+        ("Would you like to raise it with your neurologist?", "option"),
+        ("Would you want to up the dose, or see a specialist?", "option"),
+        ("Do you wake up unable to move, and what's your job?", "multi"),
         ("Can you describe all of your symptoms in detail?", "catchall"),
         ("Is there anything else I should know?", "catchall"),
         ("Any other symptoms?", "catchall"),
