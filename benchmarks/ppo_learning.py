@@ -20,7 +20,7 @@ The setting:
 * **Start**: a near-uniform tiny policy never emits anything the gate accepts as a question, so PPO alone
   has no signal (measured: reward 0 over 24 updates). As in ALFA's recipe (SFT, then RL), a short supervised
   warm start (:func:`warm_start`) first teaches it to ask short questions in the words it knows — half of
-  them ones the patient answers ("any rash?", "fever?"), half ones it does not ("sleep?", "any pain?") —
+  them ones the patient answers ("any rash?", "fever?"), half ones no fact answers ("headache?", "dizzy?") —
   so the untrained policy earns about 1 of 2; PPO must learn *which* questions pay and to ask about two
   *different* facts (a repeat reveals nothing new).
 
@@ -43,10 +43,12 @@ from benchmarks.common import RESULTS_DIR, write_result
 __all__ = ["GOOD_WORDS", "build_policy", "learning_cases", "learning_config", "main", "run"]
 
 # Warm-start questions: the first six are answered by the patient (about three different facts), the rest
-# are well-formed questions it does not answer.
+# are well-formed questions that no fact of :func:`learning_cases` answers. (The second half used to be
+# "sleep?", "any pain?", "blood?", "do you smoke?", "stool?", "cough?": facts do answer those, and once the
+# patient was refitted it said so, so the warm start already earned 1.6 of 2 and left PPO little to learn.)
 WARM_QUESTIONS = (
     "fever?", "any rash?", "weight loss?", "any fever?", "rash?", "any weight loss?",
-    "sleep?", "any pain?", "blood?", "do you smoke?", "stool?", "cough?",
+    "headache?", "any allergies?", "dizzy?", "any travel?", "vomiting?", "thirst?",
 )
 GOOD_WORDS = ("fever", "cough", "smoke", "chest", "pain", "rash", "blood", "stool", "poor", "sleep", "weight", "loss")
 QUESTION_WORDS = ("do", "you", "have", "any", "does", "it")
@@ -191,7 +193,9 @@ def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | N
                 }
             )
         elapsed = time.perf_counter() - t0
-        sample = [[t.text for t in e.turns] for e in trainer.rollout()[:4]]
+        sampled = trainer.rollout()[:4]
+        sample = [[t.text for t in e.turns] for e in sampled]
+        sample_rewards = [[t.reward for t in e.turns] for e in sampled]
     rewards = [c["reward"] for c in curve]
     k = min(5, max(1, len(rewards) // 2))
     first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
@@ -218,6 +222,7 @@ def run(updates: int = 24, seed: int = 0, episodes: int = 32, work_dir: Path | N
             "seconds_per_update": elapsed / max(updates, 1),
         },
         "sample_questions_after_training": sample,
+        "sample_rewards_after_training": sample_rewards,
     }
 
 
@@ -242,7 +247,8 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += [
         f"| {c['update']} | {c['reward']:.3f} | {c['entropy']:.2f} | {c['kl']:.3f} | {c['clipfrac']:.2f} |" for c in result["curve"]
     ]
-    lines += ["", "Questions written after training (first four episodes, both turns): " + "; ".join(repr(q) for qs in result["sample_questions_after_training"] for q in qs)]
+    lines += ["", "Doctor turns sampled after training (first four episodes: two questions, then the answer turn, which "
+              "earns nothing here): " + "; ".join(repr(q) for qs in result["sample_questions_after_training"] for q in qs)]
     return "\n".join(lines) + "\n"
 
 

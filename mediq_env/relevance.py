@@ -76,6 +76,9 @@ FEATURES = (
     "cosc_gap",
     "cosc_z",
     "cos_z",
+    "log_facts",
+    "log_fact_words",
+    "log_question_words",
 )
 
 # Facts all open with "The patient ..." and questions with "Do you ...": that shared frame dominates a
@@ -191,8 +194,19 @@ def pair_features(
         cosc - (float(cosc.max()) if n else 0.0),
         (cosc - cosc.mean()) / (float(cosc.std()) + 1e-6),
         (cos - cos.mean()) / (float(cos.std()) + 1e-6),
+        # The same for every fact of the case: how many facts there are, how long they run and how long the
+        # question is. They move the decision level, not the ranking. A case with many short facts (an
+        # AskDocs post) needs a surer match than one with a few long ones (a MedQA vignette). With them, the
+        # decision rule shared by all sources answered 3.2 points more in cross-validation on the calibration half.
+        *np.repeat(case_style(question, facts)[:, None], n, axis=1),
     ]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+def case_style(question: str, facts: Sequence[str]) -> np.ndarray:
+    """log(number of facts), log(mean words per fact), log(1 + words in the question)."""
+    mean_words = float(np.mean([len(f.split()) for f in facts])) if facts else 1.0
+    return np.log(np.array([max(len(facts), 1), max(mean_words, 1.0), 1 + len(question.split())], dtype=np.float32))
 
 
 @dataclass(frozen=True)
