@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FEATURES", "HEAD_PATH", "RelevanceHead", "fact_kind", "pair_features", "question_kind", "strip_frame"]
+__all__ = ["FEATURES", "HEAD_PATH", "RelevanceHead", "case_style", "fact_kind", "pair_features", "question_kind", "strip_frame"]
 
 HEAD_PATH = Path(__file__).resolve().parent / "data" / "relevance_head.json"
 
@@ -197,7 +197,8 @@ def pair_features(
         # The same for every fact of the case: how many facts there are, how long they run and how long the
         # question is. They move the decision level, not the ranking. A case with many short facts (an
         # AskDocs post) needs a surer match than one with a few long ones (a MedQA vignette). With them, the
-        # decision rule shared by all sources answered 3.2 points more in cross-validation on the calibration half.
+        # decision rule shared by all sources answers more in cross-validation on the calibration half at the
+        # same bounds: +3.2 points on 1,807 probes, +6.2 on 4,537 (README, "A third labelling round").
         *np.repeat(case_style(question, facts)[:, None], n, axis=1),
     ]
     return np.stack(cols, axis=1).astype(np.float32)
