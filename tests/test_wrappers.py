@@ -101,7 +101,7 @@ def test_question_step_reports_every_component_and_the_sum(cases):
     scorer = make_scorer()
     env = AttributeReward(MediQEnv(cases, shuffle_options=False), scorer, CONFIG)
     _, info = env.reset(options={"case_id": case.id})
-    _, reward, term, trunc, info = env.step("Does ibuprofen make your wheezing worse?")
+    _, reward, term, trunc, info = env.step("Does ibuprofen bring on your wheezing?")
     comps = info["reward_components"]
     assert set(comps) == {"question_cost", "repeat_penalty", "attr:clarity", "attr:focus", "proxy:info_gain", "proxy:key_fact"}
     assert comps["question_cost"] == -0.02 and comps["repeat_penalty"] == 0.0
@@ -117,7 +117,7 @@ def test_question_step_reports_every_component_and_the_sum(cases):
     _sum_matches(reward, info)
     assert not term and not trunc and scorer.calls == [1]
 
-    _, reward, *_, info = env.step("does ibuprofen make your wheezing worse")
+    _, reward, *_, info = env.step("does ibuprofen bring on your wheezing")
     assert info["reward_components"]["repeat_penalty"] == -0.1
     assert info["reward_components"]["proxy:info_gain"] == 0.0
     _sum_matches(reward, info)
