@@ -402,12 +402,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"- **{name}**: `{cfg}`")
     lines.append("")
     for source, per in results["sources"].items():
+        left = per.get("cases_left_out", {})
+        left_out = f"; {left['count']} cases left out: {left['why']}" if left.get("count") else ""
         for patient, pres in per["patients"].items():
             for cfg, rows in pres["configs"].items():
                 lines += [
-                    f"## {patient} patient · {source} ({per['n_cases']} cases, {per['questions_per_doctor']} questions"
-                    + (f"; {left['count']} cases left out: {left['why']}" if (left := per.get("cases_left_out", {})).get("count") else "")
-                    + f") · {cfg}",
+                    f"## {patient} patient · {source} ({per['n_cases']} cases, {per['questions_per_doctor']} questions{left_out}) · {cfg}",
                     "",
                     "| doctor | reward | coverage | Δ reward vs checklist | Δ coverage vs checklist | gate | verdict |",
                     "| --- | --- | --- | --- | --- | --- | --- |",

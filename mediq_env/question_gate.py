@@ -17,7 +17,10 @@ questions were written against them (gate held 130 → 145 of 150) with no hones
 turned away, then narrowed after a review found honest questions the first version turned away. A fourth round of 140
 blind calibration actions was held 138/140 (gate and patient together) before any change; a form was added
 for an option put forward as the cause ("Could <option> have caused this?", :data:`_CAUSE_GUESS`), narrowed
-after a review found honest history questions the first version turned away.
+after a review found honest history questions the first version turned away. A fifth round of 418 blind calibration
+actions added closing catch-alls ("…all of it."), letters after "that's" or set off by dashes, consent to a
+next step ("Would you be willing to…?") and a dash or "what's" joining a second question (gate and patient
+held 400 → 414 of 418 with the patient of the time).
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
