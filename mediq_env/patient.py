@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from mediq_env.errors import ConfigError, MissingDependencyError
-from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
+from mediq_env.question_gate import ASK_ONE_QUESTION, GateVerdict, check_question, puts_hypothesis
 from mediq_env.relevance import HEAD_PATH, RelevanceHead, demographic_answers, pair_features, strip_frame
 from mediq_env.stemming import english_stemmer
 
@@ -340,6 +340,13 @@ def _find_model_dir(root: Any) -> Any:
 
 
 _DEFAULT_REPEAT_SIMILARITY = 0.62
+# Plain-MiniLM cosine between a hypothesis put to the patient (:func:`puts_hypothesis`) and an answer option at
+# which it is taken as a guess at that option. Chosen on the calibration half: the honest calibration probes of
+# that form reach 0.62 ("Is this the worst headache you have ever had?" against "Migraine headache"), the real
+# AskDocs clinician questions of that form 0.60 against their thread's diagnosis; the calibration guesses the
+# word-based gate let through and the patient answered were at 0.70–0.78 ("Is this an insulin-secreting
+# tumour of the pancreas?" for Insulinoma).
+OPTION_GUESS_SIMILARITY = 0.65
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -366,8 +373,9 @@ class FaithfulPatient:
             head was fitted with (:mod:`mediq_env.tuned_encoder`) when the head's ``meta.encoder`` is
             ``"tuned"`` — or any object with ``encode(list[str]) -> array`` (and optionally
             ``encode_pair``: plain embeddings for telling restated questions, tuned ones for relevance).
-        gate: turn away actions that are not one specific question (on by default; switching it off is
-            for measuring what the gate is worth).
+        gate: turn away actions that are not one specific question, and hypotheses put to the patient that
+            mean an answer option (:data:`OPTION_GUESS_SIMILARITY`); on by default, switching it off is for
+            measuring what the gate is worth.
         question_cache: how many question embeddings to keep (agents and RL re-ask the same questions).
         repeat_similarity: cosine similarity (MiniLM) at which a question restates an earlier one and gets
             the same reply. Paraphrases of one question measured 0.53–0.92 (mean 0.70); 99% of pairs of
@@ -494,7 +502,7 @@ class FaithfulPatient:
         return self.head.probabilities(self.features(case, question, self.embed_questions([question])[0]))
 
     def reply_batch(self, queries: Sequence[PatientQuery]) -> list[PatientReply]:
-        verdicts = [check_question(q.question, q.case.options) if self.gate else None for q in queries]
+        verdicts = [self._verdict(q) if self.gate else None for q in queries]
         asked = [q.question for q, v in zip(queries, verdicts, strict=True) if v is None or v.ok]
         embeddings = iter(self.embed_questions(asked)) if asked else iter(())
         out: list[PatientReply] = []
@@ -513,6 +521,17 @@ class FaithfulPatient:
             meta = {"gate": "ok", "p": [round(float(probs[i]), 3) for i in revealed], "p_max": round(float(probs.max()), 3)}
             out.append(PatientReply(text, revealed, meta))
         return out
+
+    def _verdict(self, query: PatientQuery) -> GateVerdict:
+        """The question gate's verdict, and a guess at an option in other words turned away as ``option``
+        (a hypothesis put to the patient that means an option: :data:`OPTION_GUESS_SIMILARITY`)."""
+        verdict = check_question(query.question, query.case.options)
+        if not verdict.ok or not query.case.options or not puts_hypothesis(query.question):
+            return verdict
+        question, *options = self.embed_questions_plain([query.question, *query.case.options.values()])
+        if max(float(o @ question) for o in options) >= OPTION_GUESS_SIMILARITY:
+            return GateVerdict(False, "option")
+        return verdict
 
     def _same_question(self, query: PatientQuery) -> int | None:
         """The earlier turn this question restates (the most similar above ``repeat_similarity``), if any.

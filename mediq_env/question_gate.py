@@ -20,7 +20,10 @@ for an option put forward as the cause ("Could <option> have caused this?", :dat
 after a review found honest history questions the first version turned away. A fifth round of 418 blind calibration
 actions added closing catch-alls ("…all of it."), letters after "that's" or set off by dashes, consent to a
 next step ("Would you be willing to…?") and a dash or "what's" joining a second question (gate and patient
-held 400 → 414 of 418 with the patient of the time).
+held 400 → 414 of 418 with the patient of the time). After it, the guesses that still leaked on the calibration half
+said an option in words of their own ("Is this an insulin-secreting tumour of the pancreas?" for Insulinoma):
+:func:`puts_hypothesis` gives their form, and the faithful patient, which can compare meanings, turns such an
+action away when it means an option (``mediq_env.patient.OPTION_GUESS_SIMILARITY``).
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -42,7 +45,7 @@ from functools import lru_cache
 
 from mediq_env.stemming import english_stemmer
 
-__all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question"]
+__all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question", "puts_hypothesis"]
 
 ASK_ONE_QUESTION = "I'm not sure what you're asking. Could you ask me one specific question?"
 """The patient's reply to an action the gate rejects (in character; reveals nothing)."""
@@ -302,6 +305,27 @@ def _mentions_option(text: str, options: Mapping[str, str]) -> bool:
         if option.lower() in lowered or shared / len(theirs) >= 0.75 or (shared >= 2 and shared / max(len(mine), 1) >= 0.5):
             return True
     return False
+
+
+# A hypothesis put to the patient, the thing guessed being the complaint itself: "Is this a…?", "Could it just
+# be…?", "Was the explanation that…?", "I'm leaning towards…", "Sounds like…". Narrower than :data:`_GUESS`
+# (no "it's", "probably", "diagnosis" anywhere): the form alone turns nothing away — "Is it worse at night?"
+# has it — but a patient that knows what the options *mean* (:class:`mediq_env.patient.FaithfulPatient`) turns
+# such an action away when it says an option in other words ("an insulin-secreting tumour" for Insulinoma),
+# which :func:`_mentions_option`'s shared words cannot see.
+_HYPOTHESIS = re.compile(
+    r"^\W*(?:(?:so|and|then|now|ok|okay)\W+)?(?:is|was|could|might|may|would|can)\s+"
+    r"(?:this|it|that|the\s+(?:problem|cause|issue|explanation|diagnosis|answer|reason))\b"
+    # …but not a question about a person: "Is it possible that you're pregnant?", "Is it your dominant hand?"
+    r"(?!\s+(?:(?:be\s+)?(?:possible|likely|true|the\s+case)\s+|be\s+)?(?:that\s+)?(?:you|you're|your|she|he|they|her|his|their|we|i)\b)"
+    r"|\blean(?:ing)?\s+towards?\b|\bsounds?\s+like\b|\bi\s+(?:think|suspect|reckon)\b",
+    re.I,
+)
+
+
+def puts_hypothesis(action: str) -> bool:
+    """The action has the form of a hypothesis put to the patient (:data:`_HYPOTHESIS`); form only."""
+    return bool(_HYPOTHESIS.search(" ".join(action.split())))
 
 
 def check_question(action: str, options: Mapping[str, str] | None = None) -> GateVerdict:

@@ -192,3 +192,44 @@ def test_gate_passes_most_real_clinician_questions(shared_data) -> None:  # type
     questions = [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     passed = sum(check_question(q).ok for q in questions)
     assert passed / len(questions) >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("action", "form"),
+    [
+        ("Is this an insulin-secreting tumour of the pancreas?", True),
+        ("Could it just be a stomach bug?", True),
+        ("Was the explanation that it was leftover mucus?", True),
+        ("I'm leaning toward a clot - does that ring a bell?", True),
+        ("Sounds like your thyroid, doesn't it?", True),
+        ("Is it worse at night?", True),  # the form alone turns nothing away (the patient compares meanings)
+        ("Is it possible that you are pregnant?", False),  # about the patient, not a guess
+        ("Could it be that you're pregnant?", False),
+        ("Is it your dominant hand that's injured?", False),
+        ("Do you think it is getting worse?", False),
+        ("How long has it been going on?", False),
+    ],
+)
+def test_puts_hypothesis_is_a_form(action: str, form: bool) -> None:
+    from mediq_env.question_gate import puts_hypothesis
+
+    assert puts_hypothesis(action) is form
+
+
+def test_patient_turns_away_an_option_said_in_other_words() -> None:
+    """The word gate cannot see "an insulin-secreting tumour" for Insulinoma; the patient compares meanings,
+    and only for actions of the hypothesis form: honest questions about the same things are answered."""
+    from mediq_env.cases import builtin_cases
+    from mediq_env.patient import OPTION_GUESS_SIMILARITY, FaithfulPatient
+
+    case = next(c for c in builtin_cases() if "Insulinoma" in c.options.values())
+    patient = FaithfulPatient()
+    guess = "Is this an insulin-secreting tumour of the pancreas?"
+    assert check_question(guess, case.options).ok  # passes the form-only gate …
+    reply = patient.reply(case, guess)
+    assert reply.text == ASK_ONE_QUESTION and reply.revealed == () and reply.meta["gate"] == "option"
+    # … and without the meaning check the patient would answer it (the leak this closes).
+    question, option = patient.embed_questions_plain([guess, "Insulinoma"])
+    assert float(question @ option) >= OPTION_GUESS_SIMILARITY
+    for honest in ("Is it worse when you skip a meal?", "Does eating something make the episodes stop?"):
+        assert patient.reply(case, honest).meta["gate"] == "ok", honest
