@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from mediq_env.errors import ConfigError, MissingDependencyError
-from mediq_env.question_gate import ASK_ONE_QUESTION, GateVerdict, check_question, puts_hypothesis
+from mediq_env.question_gate import (
+    ASK_ONE_QUESTION,
+    GateVerdict,
+    check_question,
+    hypothesis_parts,
+    puts_hypothesis,
+)
 from mediq_env.relevance import HEAD_PATH, RelevanceHead, demographic_answers, pair_features, strip_frame
 from mediq_env.stemming import english_stemmer
 
@@ -528,8 +534,9 @@ class FaithfulPatient:
         verdict = check_question(query.question, query.case.options)
         if not verdict.ok or not query.case.options or not puts_hypothesis(query.question):
             return verdict
-        question, *options = self.embed_questions_plain([query.question, *query.case.options.values()])
-        if max(float(o @ question) for o in options) >= OPTION_GUESS_SIMILARITY:
+        parts = hypothesis_parts(query.question)
+        embedded = self.embed_questions_plain([*parts, *query.case.options.values()])
+        if max(float(o @ q) for q in embedded[: len(parts)] for o in embedded[len(parts):]) >= OPTION_GUESS_SIMILARITY:
             return GateVerdict(False, "option")
         return verdict
 

@@ -23,7 +23,11 @@ next step ("Would you be willing to…?") and a dash or "what's" joining a secon
 held 400 → 414 of 418 with the patient of the time). After it, the guesses that still leaked on the calibration half
 said an option in words of their own ("Is this an insulin-secreting tumour of the pancreas?" for Insulinoma):
 :func:`puts_hypothesis` gives their form, and the faithful patient, which can compare meanings, turns such an
-action away when it means an option (``mediq_env.patient.OPTION_GUESS_SIMILARITY``).
+action away when it means an option (``mediq_env.patient.OPTION_GUESS_SIMILARITY``). A sixth round of 252 blind
+calibration actions, half of them in forms a form-based filter misses, leaked 52 before any change (gate and
+patient): asides that bring in a second question ("…, and while I'm at it, are you…", "… — separately, any…",
+:data:`_ASIDE`), a second topic put up front or asked as an echo ("…, and your CK came back at what?"), and
+choices between options ("Between X and Y, which…?", compared with the options part by part); 27 after.
 
 Verdicts (:class:`GateVerdict`): ``ok`` or one of
 
@@ -45,7 +49,7 @@ from functools import lru_cache
 
 from mediq_env.stemming import english_stemmer
 
-__all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question", "puts_hypothesis"]
+__all__ = ["ASK_ONE_QUESTION", "GateVerdict", "check_question", "hypothesis_parts", "puts_hypothesis"]
 
 ASK_ONE_QUESTION = "I'm not sure what you're asking. Could you ask me one specific question?"
 """The patient's reply to an action the gate rejects (in character; reveals nothing)."""
@@ -149,9 +153,14 @@ _FUSED = re.compile(r"[a-z][A-Z][a-z]|[A-Za-z][\]\[}{<>|\\_=+*#@$%^~`][A-Za-z]|[
 # phrase that brings in an embedded question ("…, as well as whether…", "…, along with which…"). One
 # question with an "or" between two nouns is not matched, nor "Do you also have…" or "…and have her leave".
 _SUBJECT = r"(?:you|it|he|she|they|there|this|that|the|your|his|their|my|our|anyone|we|i)\b"
-_NOT_WHAT_IT_SHOWED = r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|that|them|back)\b)"
+# "…, and what did they show?" asks for the result of what the first part asked about: one question. "…, and
+# what did that blood smear turn up?" brings in a new thing, so "that" followed by a noun is not excused.
+_NOT_WHAT_IT_SHOWED = (r"(?!what\s+(?:did|does|do|was|were|came|come)\s+(?:it|they|them|back|that(?=\s*[?.!]|\s+(?:show|say|find|reveal|come|give|turn|look)\w*\b)))")
 _AUX_RE = "(?:" + "|".join(sorted(_AUX)) + ")"
 _WH_RE = "(?:" + "|".join(sorted(_WH)) + r")(?:\s|['’]s\b)"  # "…, and what's your…" too
+_ASIDE = (r"(?:while\s+(?:i'?m|i\s+am|we'?re|we\s+are)\s+(?:at\s+it|on\s+(?:it|the\s+subject|that))|by\s+the\s+way|on\s+top\s+of\s+(?:that|this)"
+          r"|separately|(?:and\s+)?as\s+well|another\s+thing|one\s+more\s+thing|besides(?:\s+that)?|in\s+addition|additionally"
+          r"|what'?s\s+more|while\s+we'?re\s+here|also)")
 _CLAUSE_BREAK = re.compile(
     r"\?+\s*|;\s*"
     r"|,?\s+(?:as\s+well\s+as|along\s+with|together\s+with|in\s+addition\s+to)\s+(?=(?:whether|which|what|when|where|who|how|why|if)\b)"
@@ -159,7 +168,15 @@ _CLAUSE_BREAK = re.compile(
     # A dash before "and <auxiliary>" joins a second question as a comma does ("Which fingers tingle - and does…").
     r"|(?:,\s+|\s*[-—–]\s*)(?:and|also|plus|then)\s+(?:if\s+(?:so|not)\s*,?\s+)?(?:\w+ly\s+)?" + _NOT_WHAT_IT_SHOWED
     + r"(?=" + _AUX_RE + r"\s+[a-z]|" + _WH_RE + ")"
-    r"|\s+(?:and|also|plus|then)\s+" + _NOT_WHAT_IT_SHOWED + r"(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")",
+    r"|\s+(?:and|also|plus|then)\s+" + _NOT_WHAT_IT_SHOWED + r"(?=" + _AUX_RE + r"\s+" + _SUBJECT + "|" + _WH_RE + ")"
+    # An aside that announces a second question ("…, and while I'm at it, are you…", "… — separately, any…",
+    # "…, and by the way what…", "…, and another thing — when…"): after a comma, dash or semicolon.
+    r"|(?:[,;]\s*|\s*[-—–]\s*)(?:and\s*,?\s*)?" + _ASIDE + r"\s*[,:;—–-]?\s*(?=" + _AUX_RE + r"\s+[a-z]|" + _WH_RE + r"|any\b)"
+    # A second topic put up front, then its own question ("…, and your legs, is either calf swollen?", "…, and
+    # the platelet count from your bloods — where did it land?"), or asked as an echo ("…, and your CK came
+    # back at what?", "…, and your operation is booked for when?").
+    r"|(?:,|\s[—–-])\s*and\s+(?=(?:your|the|his|her|their)\s+[^,?;—–]{1,60}?(?:,|\s[—–-])\s*(?:" + _AUX_RE + r"\s+[a-z]|" + _WH_RE + r"))"
+    r"|(?:,|\s[—–-])\s*and\s+(?=(?:your|the|his|her|their)\s+[^?]{1,80}?\b(?:at|for|to|been|is|was|were|be)\s+(?:what|when|where|which)\s*\?\s*$)",
     re.I,
 )
 # "Did he fall or hurt himself?" and "Is it sharp, or does it come and go?" offer alternatives within one
@@ -318,14 +335,27 @@ _HYPOTHESIS = re.compile(
     r"(?:this|it|that|the\s+(?:problem|cause|issue|explanation|diagnosis|answer|reason))\b"
     # …but not a question about a person: "Is it possible that you're pregnant?", "Is it your dominant hand?"
     r"(?!\s+(?:(?:be\s+)?(?:possible|likely|true|the\s+case)\s+|be\s+)?(?:that\s+)?(?:you|you're|your|she|he|they|her|his|their|we|i)\b)"
-    r"|\blean(?:ing)?\s+towards?\b|\bsounds?\s+like\b|\bi\s+(?:think|suspect|reckon)\b",
+    r"|\blean(?:ing)?\s+towards?\b|\bsounds?\s+like\b|\bi\s+(?:think|suspect|reckon)\b"
+    # A choice put to the patient: "Between X and Y, which…?", "Does this feel more like X, or Y?", "…, what do
+    # you reckon?", "…, which fits you better?"
+    r"|^\W*between\b[^?]{3,}?,\s*which\b|\b(?:does|do)\s+(?:this|it)\s+feel\s+(?:more\s+)?like\b"
+    r"|\bdo\s+you\s+reckon\b|\bwhich\s+(?:fits|suits)\b|\bwould\s+you\s+say\s+(?:it|this|that)\b",
     re.I,
 )
+# Where a hypothesis is split into the things it puts forward (each compared with the options on its own):
+# "Between X and Y, which…" and "X, or Y — which…" name two.
+_HYPOTHESIS_PARTS = re.compile(r"\s*(?:[,;]|\s[—–-]\s|\bor\b|\band\b|^\W*between\b)\s*", re.I)
 
 
 def puts_hypothesis(action: str) -> bool:
     """The action has the form of a hypothesis put to the patient (:data:`_HYPOTHESIS`); form only."""
     return bool(_HYPOTHESIS.search(" ".join(action.split())))
+
+
+def hypothesis_parts(action: str) -> list[str]:
+    """The action and each part of it of two words or more, split where a choice names its alternatives."""
+    text = " ".join(action.split())
+    return [text, *(p for p in _HYPOTHESIS_PARTS.split(text) if p and len(p.split()) >= 2 and p != text)]
 
 
 def check_question(action: str, options: Mapping[str, str] | None = None) -> GateVerdict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
+from mediq_env.question_gate import ASK_ONE_QUESTION, check_question, puts_hypothesis
 
 OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Seizure"}
 
@@ -38,6 +38,9 @@ OPTIONS = {"A": "Stroke", "B": "Panic attack", "C": "Sleep paralysis", "D": "Sei
         "Have you noticed several things that make it worse?",
         "Would you confirm your date of birth?",
         "Would the pain be the first thing you notice in the morning?",
+        "Have you had any tests, and what did they show?",  # the result of what was asked about: one question
+        "Did you have a scan, and what did that show you?",
+        "Do you also have a sore throat?",
         # Review of the third round: forms its first rules turned away (abbreviations that name an option but
         # are not the thing guessed, a dash opening a clarifying clause, reported speech, alternatives by letter).
         "Is it the first time you've had an SP episode checked?",
@@ -134,6 +137,17 @@ def test_real_questions_pass(question: str) -> None:
         ("How often does it happen, along with which medicines you take?", "multi"),
         ("Has your cough changed, as well as whether you have lost weight?", "multi"),
         ("Did the rash come first, and roughly how long did the fever last?", "multi"),
+        # round 6 (calibration): a second question brought in by an aside, or by a second topic put up front
+        ("Any long-haul travel recently, and while I'm at it, are you on the pill?", "multi"),
+        ("Where were you when it came on — separately, any stiff neck?", "multi"),
+        ("Did you ever smoke, and by the way what sort of work did you do?", "multi"),
+        ("How much does he drink in a day, and another thing — when did he last have a drink?", "multi"),
+        ("Do you ever get heartburn, also any allergies you know of?", "multi"),
+        ("Is the pain sharper when you breathe in, and your legs, is either calf swollen?", "multi"),
+        ("When did the headaches start — and the platelet count from your bloods, where did it land?", "multi"),
+        ("What exercise did you do before this, and your CK came back at what?", "multi"),
+        ("How often are you needing enemas, and your operation is booked for when?", "multi"),
+        ("Do the fevers come in waves, and what did that blood smear turn up?", "multi"),
         ("Would a seizure explain this?", "option"),  # a hypothesis naming an option, not a question about the patient
         ("Could the panic attacks be what is waking you?", "option"),
         ("Should we start you on an inhaler?", "option"),  # a plan put to the patient, whatever it names
@@ -206,13 +220,14 @@ def test_gate_passes_most_real_clinician_questions(shared_data) -> None:  # type
         ("Is it possible that you are pregnant?", False),  # about the patient, not a guess
         ("Could it be that you're pregnant?", False),
         ("Is it your dominant hand that's injured?", False),
+        ("Between X-ray and scan, which would you prefer?", True),
+        ("Does this feel more like a cramp, or a stabbing pain?", True),
+        ("Is it the left one or the right one, what do you reckon?", True),
         ("Do you think it is getting worse?", False),
         ("How long has it been going on?", False),
     ],
 )
 def test_puts_hypothesis_is_a_form(action: str, form: bool) -> None:
-    from mediq_env.question_gate import puts_hypothesis
-
     assert puts_hypothesis(action) is form
 
 
@@ -233,3 +248,18 @@ def test_patient_turns_away_an_option_said_in_other_words() -> None:
     assert float(question @ option) >= OPTION_GUESS_SIMILARITY
     for honest in ("Is it worse when you skip a meal?", "Does eating something make the episodes stop?"):
         assert patient.reply(case, honest).meta["gate"] == "ok", honest
+
+
+def test_patient_turns_away_a_choice_between_options() -> None:
+    """"Between X and Y, which…?" names its alternatives: each is compared with the options on its own."""
+    from mediq_env.cases import builtin_cases
+    from mediq_env.patient import FaithfulPatient
+    from mediq_env.question_gate import hypothesis_parts
+
+    case = next(c for c in builtin_cases() if "Lithium toxicity" in c.options.values())
+    choice = "Between too much lithium and too little salt in the blood, which was flagged on your bloods?"
+    assert check_question(choice, case.options).ok and puts_hypothesis(choice)
+    assert "too much lithium" in hypothesis_parts(choice)
+    patient = FaithfulPatient()
+    assert patient.reply(case, choice).meta["gate"] == "option"
+    assert patient.reply(case, "Between the tremor and the thirst, which bothers you more?").meta["gate"] == "ok"
