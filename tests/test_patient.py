@@ -156,6 +156,23 @@ def test_a_rephrased_question_gets_the_earlier_reply():
     assert "same_as_turn" not in off.meta
 
 
+def test_a_new_question_on_the_same_topic_is_not_a_restatement():
+    """What the pain is like and how long it has lasted share words (plain MiniLM: 0.70, above its old 0.62
+    threshold) but not an answer; in the tuned encoder, which places a question by what answers it, they are
+    apart, so the second is answered afresh instead of getting the first one's abstention."""
+    from mediq_env.patient import FaithfulPatient, Turn
+
+    case = next(c for c in builtin_cases() if c.id == "bi-003")
+    patient = FaithfulPatient()
+    first, second = "What was your knee pain like?", "How long have you been suffering from your knee pain?"
+    plain = patient.embed_questions_plain([first, second])
+    tuned = patient.embed_questions([first, second])
+    assert float(plain[0] @ plain[1]) >= 0.62 > float(tuned[0] @ tuned[1])
+    earlier = patient.reply(case, first)
+    reply = patient.reply(case, second, [Turn(first, earlier.text, earlier.revealed)])
+    assert "same_as_turn" not in reply.meta and reply.revealed and reply.revealed != earlier.revealed
+
+
 def test_age_and_sex_questions_get_the_demographic_fact():
     """A rule, not a score: asked its age or sex, the patient states the short fact that says so (on every
     built-in case), and the rule does not fire on questions that only mention age or weight."""
