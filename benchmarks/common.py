@@ -49,6 +49,14 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def publish_result(name: str, result: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
+    """:func:`write_result`, then print the markdown and where it went (what every benchmark's ``main`` ends with)."""
+    path = write_result(name, result, markdown, out_dir)
+    print(markdown)
+    print(f"written: {path}")
+    return path
+
+
 def write_result(name: str, result: dict[str, Any], markdown: str | None = None, out_dir: Path | None = None) -> Path:
     """Write ``<name>.json`` (and ``<name>.md``) under the results folder; returns the JSON path.
 

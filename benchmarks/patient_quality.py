@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_result
+from benchmarks.common import publish_result
 from benchmarks.probes import SOURCES, Probe, load_probe_cases, load_probes
 from mediq_env.patient import Patient, PatientQuery, make_patient
 
@@ -162,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     name = "patient_quality" if args.split == "test" else "patient_quality_calibration"
-    path = write_result(name, {"split": args.split, "targets": TARGETS, "results": results, "by_kind": kinds}, md, args.out_dir)
-    print(md)
-    print(f"written: {path}")
+    publish_result(name, {"split": args.split, "targets": TARGETS, "results": results, "by_kind": kinds}, md, args.out_dir)
     return 0
 
 

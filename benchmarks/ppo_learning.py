@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, write_result
+from benchmarks.common import RESULTS_DIR, publish_result
 
 __all__ = ["GOOD_WORDS", "build_policy", "learning_cases", "learning_config", "main", "run"]
 
@@ -286,10 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if _plot(result, out / "ppo_learning.png"):
         result["plot"] = "ppo_learning.png"
-    md = _markdown(result)
-    path = write_result("ppo_learning", result, md, out)
-    print(md)
-    print(f"written: {path}")
+    publish_result("ppo_learning", result, _markdown(result), out)
     return 0
 
 

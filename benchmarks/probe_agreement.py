@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import publish_result
 from benchmarks.patient_quality import probe_metrics
 from benchmarks.probes import PROBE_DIR, SOURCES, Probe, fact_hash, load_probe_cases, load_probes, source_path
 from mediq_env.errors import CaseFormatError
@@ -186,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kind, so this measures how reproducible the labels are under the rule, not agreement between clinicians.",
         "",
     ]
-    path = write_result("probe_agreement", result, "\n".join(lines), args.out_dir)
-    print("\n".join(lines))
-    print(f"written: {path}")
+    publish_result("probe_agreement", result, "\n".join(lines), args.out_dir)
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import publish_result
 from benchmarks.probes import load_probes
 
 __all__ = ["pair_rates"]
@@ -79,9 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = block["tuned"]
         lines.append(f"| {half} | pairs | | {n['pairs_sharing_an_answer']:,} | {n['pairs_about_different_facts']:,} |")
     lines += ["", "The tuned encoder was trained on the calibration probes, so its calibration rows are partly in-sample.", ""]
-    path = write_result("restatement", result, "\n".join(lines), args.out_dir)
-    print("\n".join(lines))
-    print(f"written: {path}")
+    publish_result("restatement", result, "\n".join(lines), args.out_dir)
     return 0
 
 
