@@ -267,7 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.cmd == "check":
-        print(f"ok: {len(probes)} probes")
+        second = 0
+        if not args.files:  # every file: the second labeller's labels too (benchmarks.probe_agreement)
+            from benchmarks.probe_agreement import load_second_labels
+
+            try:
+                second = len(load_second_labels())
+            except CaseFormatError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        print(f"ok: {len(probes)} probes" + (f", {second} second labels" if second else ""))
         return 0
     counts = Counter((p.source, p.split, p.kind) for p in probes)
     for key in sorted(counts):

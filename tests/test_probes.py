@@ -62,3 +62,9 @@ def test_public_probe_labels_match_the_data(shared_data):
 
 def test_public_probes_skip_when_data_absent(tmp_path):
     assert load_probes(["askdocs", "medqa"], data_dir=str(tmp_path)) == []
+
+
+def test_check_validates_the_second_labellers_labels_too(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ") and "second labels" in out  # at least the built-in 120 (all 360 with the data)
