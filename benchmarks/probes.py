@@ -248,6 +248,12 @@ def _show(source: str, case_ids: Sequence[str]) -> None:
             print(f"  [{i}, \"{fact_hash(fact)}\"] {fact}")
 
 
+def _second_labels() -> list[tuple[Probe, tuple[int, ...]]]:
+    from benchmarks.probe_agreement import load_second_labels  # it imports this module
+
+    return load_second_labels()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -261,21 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "show":
         _show(args.source, args.case_ids)
         return 0
+    every_file = not getattr(args, "files", None)
     try:
-        probes = load_probes() if not getattr(args, "files", None) else _load_files(args.files)
+        probes = load_probes() if every_file else _load_files(args.files)
+        # Checking every file covers the second labeller's labels too (benchmarks.probe_agreement).
+        second = len(_second_labels()) if args.cmd == "check" and every_file else 0
     except CaseFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.cmd == "check":
-        second = 0
-        if not args.files:  # every file: the second labeller's labels too (benchmarks.probe_agreement)
-            from benchmarks.probe_agreement import load_second_labels
-
-            try:
-                second = len(load_second_labels())
-            except CaseFormatError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
         print(f"ok: {len(probes)} probes" + (f", {second} second labels" if second else ""))
         return 0
     counts = Counter((p.source, p.split, p.kind) for p in probes)
