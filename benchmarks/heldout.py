@@ -7,7 +7,8 @@ agent and source on them, pools the episodes per agent, and reports:
 
 * fallback rate (share of agent turns whose action came from a fallback rule, not the model's own output);
 * questions asked per episode, facts revealed per question, fact coverage;
-* share of asked questions that pass the patient's question-form gate;
+* share of asked questions that pass the patient's gate (the question-form gate, and since 2026-11-27 also not
+  turned away by the patient as a guess at an option by meaning; tables made before count the form gate only);
 * accuracy with bootstrap 95% intervals, and the paired difference (tuned − base) over the same episodes.
 
 Held-out cases: odd-numbered built-ins; the probe set's test half of MediQ-AskDocs dev and MedQA dev (the
@@ -39,7 +40,7 @@ from mediq_env.actions import question_text
 from mediq_env.case import load_cases
 from mediq_env.errors import ConfigError
 from mediq_env.patient import patient_model_id
-from mediq_env.question_gate import check_question
+from mediq_env.question_gate import ASK_ONE_QUESTION, check_question
 
 __all__ = ["agent_name", "gate_pass", "heldout_case_ids", "main", "run_heldout", "write_heldout_cases"]
 
@@ -89,12 +90,15 @@ def write_heldout_cases(source: str, out: Path, *, data_dir: str | None = None, 
 
 
 def gate_pass(episodes: Sequence[dict[str, Any]], options_by_case: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Share of the questions asked that pass :func:`check_question` (judged on the question as sent)."""
+    """Share of the questions asked that pass the patient's gate: :func:`check_question` on the question as
+    sent, and not turned away by the patient itself (the faithful patient also refuses a hypothesis that means
+    an answer option, which only its embeddings can tell; its reply is then :data:`ASK_ONE_QUESTION`)."""
     verdicts, own = [], []
     for e in episodes:
         for t in e.get("turns", []):
             if t.get("action_type") == "question":
-                verdicts.append(check_question(question_text(t.get("action")), options_by_case.get(e["case_id"])).ok)
+                form_ok = check_question(question_text(t.get("action")), options_by_case.get(e["case_id"])).ok
+                verdicts.append(form_ok and t.get("reply") != ASK_ONE_QUESTION)
                 # A checklist question is the fallback's, not the model's: it passes the gate by construction.
                 own.append((t.get("agent") or {}).get("question_source") not in (None, "checklist"))
     return {

@@ -61,6 +61,21 @@ def test_repeats_count_word_for_word_restatements_within_an_episode_only() -> No
     assert heldout.repeats([ep()]) == {"mean": None, "questions": 0, "distinct": 0}
 
 
+def test_gate_share_counts_form_failures_and_questions_the_patient_turned_away() -> None:
+    from mediq_env.question_gate import ASK_ONE_QUESTION
+
+    options = {"c1": {"A": "Asthma", "B": "Pneumonia"}}
+    turns = [
+        {"action_type": "question", "action": "How long have you had the cough?", "reply": "Three weeks."},
+        {"action_type": "question", "action": "cough fever sputum smoking", "reply": ASK_ONE_QUESTION},  # the form gate's
+        # Passes the form gate; the faithful patient turned it away as a guess at an option by meaning.
+        {"action_type": "question", "action": "Could this be a chest infection?", "reply": ASK_ONE_QUESTION},
+        {"action_type": "answer", "action": {"answer": "A"}},
+    ]
+    r = heldout.gate_pass([{"case_id": "c1", "turns": turns}], options)
+    assert r["questions"] == 3 and abs(r["mean"] - 1 / 3) < 1e-9
+
+
 def test_seed_sets_the_episodes_and_is_in_the_reproduce_line(tmp_path: Path) -> None:
     """Another seed replicates a comparison on other draws: the runs record it and their episodes differ."""
     runs = {}
