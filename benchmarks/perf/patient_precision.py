@@ -60,10 +60,10 @@ def measure(episodes: int, rounds: int, sources: list[str] | None = None) -> dic
     # Interleaved rounds, best of each: the two precisions see the same background load.
     for r in range(rounds):
         for name, patient in patients.items():
-            patient._q_cache.clear()
+            patient.forget_questions()
             s = out["speed"].setdefault(name, {"single_unique": 0.0, "batched_unique": 0.0})
             s["single_unique"] = max(s["single_unique"], single(patient, episodes // 4, 10, True))
-            patient._q_cache.clear()
+            patient.forget_questions()
             s["batched_unique"] = max(s["batched_unique"], batched(patient, episodes, 10, True))
             print(f"round {r + 1}: {name} {s}", flush=True)
     probes = load_probes(sources or tuple(SOURCES))
