@@ -72,7 +72,7 @@ def case_loss(q: Any, facts: Any, answers: Sequence[Sequence[int]], null: Any) -
     """The sum of :func:`probe_loss` over one case's probes (rows of ``q``), in a few tensor operations.
 
     The same arithmetic, rearranged so a case costs O(1) kernel launches instead of several per probe and
-    per answering fact (per-probe calls made the fit Python-bound: a GPU ran it no faster than one CPU core).
+    per answering fact (per-probe calls leave a GPU waiting on Python and kernel launches, not arithmetic).
     For answering fact i, −log softmax([ℓ_i, rest])₀ = softplus(LSE(rest) − ℓ_i), where rest is the
     non-answering facts and the "no fact" slot; for an unanswerable probe it is LSE(all) − ℓ_null.
     """

@@ -1,9 +1,9 @@
 """How fast can the faithful patient answer distinct questions on one core? Its arithmetic against this core's.
 
 Every distinct question goes through the tuned encoder (:mod:`mediq_env.tuned_encoder`): MiniLM's bottom
-layers and the tuned top layers, once each, on a batch padded to its longest question (plain MiniLM's own top
-layers run only for the option-guess check's few texts). This counts those floating-point operations on
-env_speed's distinct questions, times ``encode`` on them, and times this
+layers and the tuned top layers, once each, in length-sorted chunks each padded to its longest question
+(plain MiniLM's own top layers run only for the option-guess check's few texts). This counts those
+floating-point operations on env_speed's distinct questions, times ``encode`` on them, and times this
 core's float32 matrix product at the encoder's largest shape. The ratio says how close the encoder already is
 to the core's arithmetic; the questions a second at that peak are a ceiling for exact inference, whatever the
 software around it.
