@@ -87,7 +87,7 @@ def test_fine_tuning_lowers_the_probe_loss_and_round_trips(base, tmp_path):
     path = encoder.save(tmp_path / "enc.safetensors")
     loaded = TunedEncoder.load(base, path)
     assert np.abs(loaded.encode(TEXTS) - encoder.encode(TEXTS)).max() < 2e-3  # fp16 storage
-    # Plain embeddings are untouched by tuning (the restated-question threshold was measured on them).
+    # Plain embeddings are untouched by tuning (the option-guess threshold was measured on them).
     plain, tuned = loaded.encode_pair(TEXTS)
     assert np.abs(plain - np.asarray(base.encode(TEXTS))).max() < 1e-5
     # The single-purpose calls give what the shared pass gives (the patient calls them separately).
